@@ -1,0 +1,252 @@
+"""The decoder: Qwen2 / Qwen3 / Llama as pure linen modules, layers stacked and scanned.
+
+Shapes: b batch, t query positions, s key positions (cache slots), d hidden, h query heads, k kv heads,
+g = h / k query heads per kv head, e head dim, v vocab, l layers.
+
+Parameters (a plain pytree, layer-stacked leaves lead with l):
+  embed/embedding [v, d]
+  layers/input_norm/scale [l, d]            layers/post_attn_norm/scale [l, d]
+  layers/attn/{q,k,v}_proj/kernel [l, d, h*e | k*e] (+ bias when qkv_bias)
+  layers/attn/{q,k}_norm/scale [l, e]       (Qwen3)
+  layers/attn/o_proj/kernel [l, h*e, d]
+  layers/mlp/{gate,up}_proj/kernel [l, d, f]   layers/mlp/down_proj/kernel [l, f, d]
+  final_norm/scale [d]                       lm_head/kernel [d, v] (absent when embeddings are tied)
+
+The KV cache is an explicit pytree {"k": [l, b, s, k, e], "v": [l, b, s, k, e]}: `forward_cached` writes the new
+tokens of row b at slots [write_pos_b[b], write_pos_b[b] + t) and returns the updated cache. Prefill and one-token
+decode run through the same code path.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reasonrank_jax.models.config import ModelConfig, rope_inv_freq
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole layer
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        x_f32 = x.astype(jnp.float32)
+        y = x_f32 * jax.lax.rsqrt(jnp.mean(x_f32 * x_f32, axis=-1, keepdims=True) + self.eps)
+        return y.astype(self.dtype) * scale.astype(self.dtype)
+
+
+def rope_cos_sin(cfg: ModelConfig, positions_bt):
+    """cos, sin [b, t, 1, e] for rotate-half RoPE (the Hugging Face layout: frequencies repeated twice)."""
+    inv_freq = jnp.asarray(rope_inv_freq(cfg), jnp.float32)
+    angles_bte = positions_bt.astype(jnp.float32)[..., None] * inv_freq
+    angles_bte = jnp.concatenate([angles_bte, angles_bte], axis=-1)
+    return jnp.cos(angles_bte)[:, :, None, :], jnp.sin(angles_bte)[:, :, None, :]
+
+
+def apply_rope(x_bthe, cos, sin):
+    x1, x2 = jnp.split(x_bthe, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x_bthe.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x_bthe.dtype)
+
+
+def _write_rows(cache_lbske, layer, new_btke, write_pos_b):
+    """cache[layer, b, write_pos_b[b] : write_pos_b[b] + t] = new[b] for every row b."""
+    def write_one(cache_row_ske, new_tke, pos):
+        return jax.lax.dynamic_update_slice(cache_row_ske, new_tke, (pos, 0, 0))
+
+    layer_bske = jax.vmap(write_one)(cache_lbske[layer], new_btke.astype(cache_lbske.dtype), write_pos_b)
+    return cache_lbske.at[layer].set(layer_bske)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd, cos, sin, mask_bts, cache, layer, write_pos_b):
+        cfg = self.cfg
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        dense = functools.partial(nn.Dense, dtype=dtype, param_dtype=param_dtype)
+        b, t, _ = x_btd.shape
+        h, k, e = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q_bthe = dense(h * e, use_bias=cfg.qkv_bias, name="q_proj")(x_btd).reshape(b, t, h, e)
+        k_btke = dense(k * e, use_bias=cfg.qkv_bias, name="k_proj")(x_btd).reshape(b, t, k, e)
+        v_btke = dense(k * e, use_bias=cfg.qkv_bias, name="v_proj")(x_btd).reshape(b, t, k, e)
+        if cfg.qk_norm:  # Qwen3: RMSNorm over each head's vector, before RoPE
+            q_bthe = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="q_norm")(q_bthe)
+            k_btke = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="k_norm")(k_btke)
+        q_bthe = apply_rope(q_bthe, cos, sin)
+        k_btke = apply_rope(k_btke, cos, sin)
+
+        if cache is not None:
+            cache = {"k": _write_rows(cache["k"], layer, k_btke, write_pos_b),
+                     "v": _write_rows(cache["v"], layer, v_btke, write_pos_b)}
+            k_bske, v_bske = cache["k"][layer].astype(dtype), cache["v"][layer].astype(dtype)
+        else:
+            k_bske, v_bske = k_btke, v_btke
+
+        q_btkge = q_bthe.reshape(b, t, k, h // k, e)
+        scores_bkgts = jnp.einsum("btkge,bske->bkgts", q_btkge, k_bske,
+                                  preferred_element_type=jnp.float32) / np.sqrt(e)
+        # A fully masked row (a pad query) gets a uniform distribution rather than NaN.
+        scores_bkgts = jnp.where(mask_bts[:, None, None], scores_bkgts, jnp.finfo(jnp.float32).min)
+        probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(dtype)
+        out_btkge = jnp.einsum("bkgts,bske->btkge", probs_bkgts, v_bske)
+        out_btd = dense(cfg.hidden_size, use_bias=False, name="o_proj")(out_btkge.reshape(b, t, h * e))
+        return out_btd, cache
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd):
+        cfg = self.cfg
+        dense = functools.partial(nn.Dense, use_bias=False, dtype=jnp.dtype(cfg.dtype),
+                                  param_dtype=jnp.dtype(cfg.param_dtype))
+        gate_btf = dense(cfg.intermediate_size, name="gate_proj")(x_btd)
+        up_btf = dense(cfg.intermediate_size, name="up_proj")(x_btd)
+        return dense(cfg.hidden_size, name="down_proj")(nn.silu(gate_btf) * up_btf)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)). Scanned: carry = (x, cache)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, carry, layer, cos, sin, mask_bts, write_pos_b):
+        cfg = self.cfg
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        x_btd, cache = carry
+        normed = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="input_norm")(x_btd)
+        attn_btd, cache = Attention(cfg, name="attn")(normed, cos, sin, mask_bts, cache, layer, write_pos_b)
+        x_btd = x_btd + attn_btd
+        normed = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="post_attn_norm")(x_btd)
+        x_btd = x_btd + MLP(cfg, name="mlp")(normed)
+        return (x_btd, cache), None
+
+
+class Decoder(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, input_ids_bt, positions_bt, mask_bts, cache=None, write_pos_b=None, last_only=False,
+                 return_hidden=False):
+        cfg = self.cfg
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, name="embed")
+        x_btd = embed(input_ids_bt)
+        cos, sin = rope_cos_sin(cfg, positions_bt)
+
+        layer_cls = DecoderLayer
+        if cfg.remat_policy != "none":
+            layer_cls = nn.remat(DecoderLayer, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
+        layers = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                         length=cfg.num_layers)(cfg, name="layers")
+        (x_btd, cache), _ = layers((x_btd, cache), jnp.arange(cfg.num_layers), cos, sin, mask_bts, write_pos_b)
+
+        x_btd = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="final_norm")(x_btd)
+        if last_only:
+            x_btd = x_btd[:, -1:]
+        if return_hidden:
+            return x_btd, cache
+        if cfg.tie_word_embeddings:
+            logits_btv = embed.attend(x_btd)
+        else:
+            logits_btv = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+                                  name="lm_head")(x_btd)
+        return logits_btv.astype(jnp.float32), cache
+
+
+# ---------------------------------------------------------------------------------------------- pure functions
+
+def positions_from_mask(attention_mask_bt, segment_ids_bt=None):
+    """RoPE positions: count of real tokens before each token (left padding); restart at each packed segment."""
+    if segment_ids_bt is None:
+        return jnp.maximum(jnp.cumsum(attention_mask_bt.astype(jnp.int32), axis=-1) - 1, 0)
+    t = segment_ids_bt.shape[-1]
+    idx_bt = jnp.broadcast_to(jnp.arange(t), segment_ids_bt.shape)
+    is_start = jnp.concatenate([jnp.ones_like(segment_ids_bt[:, :1], bool),
+                                segment_ids_bt[:, 1:] != segment_ids_bt[:, :-1]], axis=-1)
+    start_bt = jax.lax.cummax(jnp.where(is_start, idx_bt, 0), axis=1)
+    return idx_bt - start_bt
+
+
+def attention_mask_bts(attention_mask_bt, segment_ids_bt=None):
+    """Causal mask over real keys (and, for packed rows, keys of the same segment)."""
+    t = attention_mask_bt.shape[-1]
+    causal_ts = jnp.tril(jnp.ones((t, t), bool))
+    mask = causal_ts[None] & (attention_mask_bt[:, None, :] != 0)
+    if segment_ids_bt is not None:
+        mask = mask & (segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]) & (segment_ids_bt[:, None, :] != 0)
+    return mask
+
+
+def init_params(cfg: ModelConfig, rng=None):
+    """Random parameters (linen default initializers); mainly for tests and demos."""
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return Decoder(cfg).init(rng, ids, ids, jnp.ones((1, 1, 1), bool))["params"]
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("return_hidden",))
+def _forward(cfg, params, input_ids_bt, attention_mask_bt, segment_ids_bt, positions_bt, return_hidden=False):
+    if positions_bt is None:
+        positions_bt = positions_from_mask(attention_mask_bt, segment_ids_bt)
+    mask = attention_mask_bts(attention_mask_bt, segment_ids_bt)
+    out, _ = Decoder(cfg).apply({"params": params}, input_ids_bt, positions_bt, mask, return_hidden=return_hidden)
+    return out
+
+
+def forward(cfg: ModelConfig, params, input_ids, attention_mask=None, *, segment_ids=None, positions=None,
+            return_hidden=False):
+    """Logits [batch, seq, vocab] (float32) without a cache. Jit-able; `cfg` is static.
+
+    attention_mask: 1 = token, 0 = pad (left padding is fine). segment_ids: packed rows, 0 = pad; attention stays
+    inside a segment and positions restart at each one. positions: explicit RoPE positions (default: from the mask).
+    return_hidden: return the final-norm hidden states [batch, seq, hidden] instead of logits.
+    """
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    if attention_mask is None:
+        attention_mask = jnp.ones_like(input_ids) if segment_ids is None else (jnp.asarray(segment_ids) != 0)
+    attention_mask = jnp.asarray(attention_mask, jnp.int32)
+    if segment_ids is not None:
+        segment_ids = jnp.asarray(segment_ids, jnp.int32)
+    return _forward(cfg, params, input_ids, attention_mask, segment_ids, positions, return_hidden=return_hidden)
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None):
+    """An empty KV cache {"k", "v"}: [layers, batch, max_len, kv_heads, head_dim]."""
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    dtype = jnp.dtype(dtype or cfg.dtype)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def forward_cached(cfg: ModelConfig, params, input_ids_bt, positions_bt, cache, write_pos_b, kv_mask_bs,
+                   last_only=False):
+    """One step of cached decoding (prefill when t > 1). Returns (logits [b, t or 1, v] float32, new cache).
+
+    Row b's new keys/values go to cache slots [write_pos_b[b], write_pos_b[b] + t); query i of row b attends to slot j
+    iff kv_mask_bs[b, j] and j <= write_pos_b[b] + i. kv_mask_bs must already mark the new tokens' slots.
+    Not jitted here: call it inside your own jit (with cfg static and the cache donated).
+    """
+    t = input_ids_bt.shape[1]
+    s = cache["k"].shape[2]
+    query_slot_bt = write_pos_b[:, None] + jnp.arange(t)[None, :]
+    mask_bts = (jnp.arange(s)[None, None, :] <= query_slot_bt[:, :, None]) & (kv_mask_bs[:, None, :] != 0)
+    return Decoder(cfg).apply({"params": params}, input_ids_bt, positions_bt, mask_bts, cache,
+                              write_pos_b.astype(jnp.int32), last_only=last_only)
