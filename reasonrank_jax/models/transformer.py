@@ -63,12 +63,14 @@ def apply_rope(x_bthe, cos, sin):
 
 
 def _write_rows(cache_lbske, layer, new_btke, write_pos_b):
-    """cache[layer, b, write_pos_b[b] : write_pos_b[b] + t] = new[b] for every row b."""
-    def write_one(cache_row_ske, new_tke, pos):
-        return jax.lax.dynamic_update_slice(cache_row_ske, new_tke, (pos, 0, 0))
+    """cache[layer, b, write_pos_b[b] + i] = new[b, i]: one in-place scatter of the new tokens only.
 
-    layer_bske = jax.vmap(write_one)(cache_lbske[layer], new_btke.astype(cache_lbske.dtype), write_pos_b)
-    return cache_lbske.at[layer].set(layer_bske)
+    Slots past the end of the cache are dropped (scatter semantics), never clamped onto earlier slots.
+    """
+    b, t = new_btke.shape[:2]
+    rows_bt = jnp.broadcast_to(jnp.arange(b)[:, None], (b, t))
+    slots_bt = write_pos_b[:, None] + jnp.arange(t)[None, :]
+    return cache_lbske.at[layer, rows_bt, slots_bt].set(new_btke.astype(cache_lbske.dtype), mode="drop")
 
 
 class Attention(nn.Module):
