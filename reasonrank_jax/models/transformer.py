@@ -12,7 +12,8 @@ Parameters (a plain pytree, layer-stacked leaves lead with l):
   layers/mlp/{gate,up}_proj/kernel [l, d, f]   layers/mlp/down_proj/kernel [l, f, d]
   final_norm/scale [d]                       lm_head/kernel [d, v] (absent when embeddings are tied)
 
-The KV cache is an explicit pytree {"k": [l, b, s, k, e], "v": [l, b, s, k, e]}: `forward_cached` writes the new
+The KV cache is an explicit pytree {"k": [l, b, k, s, e], "v": [l, b, k, s, e]} (kv heads before slots, so the
+attention dots read a layer's slice without a transpose): `forward_cached` writes the new
 tokens of row b at slots [write_pos_b[b], write_pos_b[b] + t) and returns the updated cache. Prefill and one-token
 decode run through the same code path.
 """
@@ -62,15 +63,16 @@ def apply_rope(x_bthe, cos, sin):
     return (x_bthe.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x_bthe.dtype)
 
 
-def _write_rows(cache_lbske, layer, new_btke, write_pos_b):
-    """cache[layer, b, write_pos_b[b] + i] = new[b, i]: one in-place scatter of the new tokens only.
+def _write_rows(cache_lbkse, layer, new_btke, write_pos_b):
+    """cache[layer, b, :, write_pos_b[b] + i] = new[b, i]: one in-place scatter of the new tokens only.
 
     Slots past the end of the cache are dropped (scatter semantics), never clamped onto earlier slots.
     """
     b, t = new_btke.shape[:2]
     rows_bt = jnp.broadcast_to(jnp.arange(b)[:, None], (b, t))
     slots_bt = write_pos_b[:, None] + jnp.arange(t)[None, :]
-    return cache_lbske.at[layer, rows_bt, slots_bt].set(new_btke.astype(cache_lbske.dtype), mode="drop")
+    # Advanced indices split by a slice: the indexed view is [b, t, k, e], matching new_btke.
+    return cache_lbkse.at[layer, rows_bt, :, slots_bt].set(new_btke.astype(cache_lbkse.dtype), mode="drop")
 
 
 class Attention(nn.Module):
@@ -95,18 +97,19 @@ class Attention(nn.Module):
         if cache is not None:
             cache = {"k": _write_rows(cache["k"], layer, k_btke, write_pos_b),
                      "v": _write_rows(cache["v"], layer, v_btke, write_pos_b)}
-            k_bske, v_bske = cache["k"][layer].astype(dtype), cache["v"][layer].astype(dtype)
+            k_bkse, v_bkse = cache["k"][layer].astype(dtype), cache["v"][layer].astype(dtype)
         else:
-            k_bske, v_bske = k_btke, v_btke
+            k_bkse, v_bkse = k_btke.transpose(0, 2, 1, 3), v_btke.transpose(0, 2, 1, 3)
 
-        q_btkge = q_bthe.reshape(b, t, k, h // k, e)
-        scores_bkgts = jnp.einsum("btkge,bske->bkgts", q_btkge, k_bske,
+        q_bkgte = q_bthe.reshape(b, t, k, h // k, e).transpose(0, 2, 3, 1, 4)
+        scores_bkgts = jnp.einsum("bkgte,bkse->bkgts", q_bkgte, k_bkse,
                                   preferred_element_type=jnp.float32) / np.sqrt(e)
         # A fully masked row (a pad query) gets a uniform distribution rather than NaN.
         scores_bkgts = jnp.where(mask_bts[:, None, None], scores_bkgts, jnp.finfo(jnp.float32).min)
         probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(dtype)
-        out_btkge = jnp.einsum("bkgts,bske->btkge", probs_bkgts, v_bske)
-        out_btd = dense(cfg.hidden_size, use_bias=False, name="o_proj")(out_btkge.reshape(b, t, h * e))
+        out_bkgte = jnp.einsum("bkgts,bkse->bkgte", probs_bkgts, v_bkse)
+        out_bthe = out_bkgte.transpose(0, 3, 1, 2, 4).reshape(b, t, h * e)
+        out_btd = dense(cfg.hidden_size, use_bias=False, name="o_proj")(out_bthe)
         return out_btd, cache
 
 
@@ -232,8 +235,8 @@ def forward(cfg: ModelConfig, params, input_ids, attention_mask=None, *, segment
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None):
-    """An empty KV cache {"k", "v"}: [layers, batch, max_len, kv_heads, head_dim]."""
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    """An empty KV cache {"k", "v"}: [layers, batch, kv_heads, max_len, head_dim]."""
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     dtype = jnp.dtype(dtype or cfg.dtype)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
@@ -247,7 +250,7 @@ def forward_cached(cfg: ModelConfig, params, input_ids_bt, positions_bt, cache, 
     Not jitted here: call it inside your own jit (with cfg static and the cache donated).
     """
     t = input_ids_bt.shape[1]
-    s = cache["k"].shape[2]
+    s = cache["k"].shape[3]
     query_slot_bt = write_pos_b[:, None] + jnp.arange(t)[None, :]
     mask_bts = (jnp.arange(s)[None, None, :] <= query_slot_bt[:, :, None]) & (kv_mask_bs[:, None, :] != 0)
     return Decoder(cfg).apply({"params": params}, input_ids_bt, positions_bt, mask_bts, cache,
