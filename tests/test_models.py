@@ -322,3 +322,38 @@ def test_tied_export_has_no_lm_head_and_copies_tokenizer(tmp_path):
     assert (tmp_path / "out" / "tokenizer.json").exists() and (tmp_path / "out" / "tokenizer_config.json").exists()
     with pytest.raises(InputError, match="tokenizer"):
         save_pretrained(cfg, params, tmp_path / "out2", tokenizer_dir=tmp_path / "src" / "nothing")
+
+
+def _tiny_cfg(**overrides):
+    return ModelConfig(**{**dict(model_type="qwen3", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+                                 num_kv_heads=2, head_dim=8, intermediate_size=48, qk_norm=True), **overrides})
+
+
+def test_program_size_does_not_grow_with_depth():
+    """Layers are scanned: the compiled program for 24 layers is the program for 2 with a longer loop."""
+    from reasonrank_jax.models import init_params
+
+    sizes = {}
+    for layers in (2, 24):
+        cfg = _tiny_cfg(num_layers=layers)
+        params = jax.eval_shape(lambda cfg=cfg: init_params(cfg))
+        ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+        sizes[layers] = len(jax.jit(forward, static_argnums=0).lower(cfg, params, ids, ids).as_text())
+    assert abs(sizes[24] - sizes[2]) < 0.05 * sizes[2], sizes
+
+
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+def test_remat_policies_give_the_same_gradients(policy):
+    from reasonrank_jax.models import init_params
+
+    cfg = _tiny_cfg()
+    params = init_params(cfg, jax.random.PRNGKey(1))
+    ids = jax.random.randint(jax.random.PRNGKey(2), (2, 6), 0, cfg.vocab_size)
+
+    def loss(p, c):
+        return jnp.mean(jax.nn.log_softmax(forward(c, p, ids))[..., 0])
+
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    expected = grad(params, cfg)
+    got = grad(params, cfg.replace(remat_policy=policy))
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), expected, got)
