@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
     shared = _load_judgements(args.qrels, args.bright_examples, None)
     results = {}
     for run_path, label in zip(args.runs, labels):
-        qrels, excluded = shared or _load_judgements(None, args.bright_examples, run_path)
+        qrels, excluded = shared if shared is not None else _load_judgements(None, args.bright_examples, run_path)
         run = trec.read_run(run_path)
         if args.drop_excluded:
             run = metrics.drop_excluded(run, excluded)
@@ -70,7 +70,10 @@ def main(args: argparse.Namespace) -> int:
             print(f"{label}: {skipped} of {len(run)} queries have no judgements and are not scored",
                   file=sys.stderr)
         results[label] = per_query
-    _print_json(results, names, args.per_query) if args.json else _print_table(results, names, args.per_query)
+    if args.json:
+        _print_json(results, names, args.per_query)
+    else:
+        _print_table(results, names, args.per_query)
     return 0
 
 
