@@ -1,0 +1,107 @@
+"""Finding and reading a local BRIGHT directory for the ``bright`` builder.
+
+Layout::
+
+    BRIGHT_DIR/
+      examples/{dataset}.jsonl[.gz]                 id, query, reasoning, gold_ids, gold_ids_long,
+                                                    excluded_ids, gold_answer (HF xlangai/BRIGHT "examples")
+      documents/{dataset}.jsonl[.gz] | .parquet     optional corpus: id + content (or contents/text)
+      runs/{retriever}/{dataset}.trec[.gz]          optional first-stage run, `qid Q0 docid rank score tag`
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from reasonrank_jax.data.records import iter_jsonl, open_text
+from reasonrank_jax.errors import InputError
+
+_DOC_TEXT_KEYS = ("content", "contents", "text")
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(path)
+    for suffix in (".gz", ".jsonl", ".parquet", ".trec", ".txt"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def find(root: str, retriever: str | None = None) -> dict[str, dict[str, str]]:
+    """dataset -> {'examples': path, 'documents': path?, 'run': path?}."""
+    runs_root = os.path.join(root, "runs")
+    if retriever is None and os.path.isdir(runs_root):
+        subdirs = sorted(d for d in os.listdir(runs_root) if os.path.isdir(os.path.join(runs_root, d)))
+        if len(subdirs) > 1:
+            raise InputError(f"several retrievers under runs/ ({', '.join(subdirs)}); choose one",
+                             path=runs_root, field="retriever")
+        retriever = subdirs[0] if subdirs else None
+    out: dict[str, dict[str, str]] = {}
+    for path in sorted(glob.glob(os.path.join(root, "examples", "*.jsonl*"))):
+        out[_stem(path)] = {"examples": path}
+    for path in sorted(glob.glob(os.path.join(root, "documents", "*"))):
+        if _stem(path) in out:
+            out[_stem(path)]["documents"] = path
+    if retriever is not None:
+        run_dir = os.path.join(runs_root, retriever)
+        if not os.path.isdir(run_dir):
+            raise InputError("run directory not found", path=run_dir, field="retriever")
+        for path in sorted(glob.glob(os.path.join(run_dir, "*"))):
+            if _stem(path) in out:
+                out[_stem(path)]["run"] = path
+    return out
+
+
+def read_run(path: str, top_k: int) -> dict[str, list[tuple[str, float]]]:
+    """qid -> [(docid, score)] best first, at most top_k. A docid may contain spaces (BRIGHT quirk)."""
+    per_query: dict[str, list[tuple[float, int, str]]] = {}
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 6:
+                raise InputError(f"expected 6 fields 'qid Q0 docid rank score tag', got {len(parts)}",
+                                 path=path, line=lineno)
+            try:
+                rank, score = int(parts[-3]), float(parts[-2])
+            except ValueError:
+                raise InputError("rank and score must be numbers", path=path, line=lineno) from None
+            per_query.setdefault(parts[0], []).append((score, -rank, " ".join(parts[2:-3])))
+    # trec_eval order: score descending, ties by docid descending
+    return {qid: [(d, s) for s, _, d in sorted(rows, key=lambda r: (r[0], r[2]), reverse=True)[:top_k]]
+            for qid, rows in per_query.items()}
+
+
+def read_corpus(path: str) -> dict[str, str]:
+    """docid -> passage text, from jsonl[.gz] or parquet with an id and a content field."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+        items = ((i + 1, row) for i, row in enumerate(rows))
+    else:
+        items = iter_jsonl(path)
+    corpus = {}
+    for lineno, obj in items:
+        if isinstance(obj, InputError):
+            raise obj
+        key = next((k for k in _DOC_TEXT_KEYS if isinstance(obj.get(k), str)), None)
+        if "id" not in obj or key is None:
+            raise InputError("expected fields id and content (or contents/text)", path=path, line=lineno)
+        corpus[str(obj["id"])] = obj[key]
+    return corpus
+
+
+def _str_list(value) -> list[str]:
+    return [str(x) for x in value] if isinstance(value, list) else []
+
+
+def example_record(obj, path: str, line: int, dataset: str) -> dict:
+    if not isinstance(obj, dict) or "id" not in obj or not isinstance(obj.get("query"), str):
+        raise InputError("expected a JSON object with id and query", path=path, line=line)
+    return {"dataset": dataset, "qid": str(obj["id"]), "query": obj["query"],
+            "reasoning": str(obj.get("reasoning") or ""), "gold_ids": _str_list(obj.get("gold_ids")),
+            "gold_ids_long": _str_list(obj.get("gold_ids_long")),
+            "excluded_ids": _str_list(obj.get("excluded_ids")),
+            "gold_answer": str(obj.get("gold_answer") or "")}
