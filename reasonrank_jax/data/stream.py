@@ -104,7 +104,7 @@ def batch_indices(num_examples: int, global_batch: int, seed: int, epoch: int, s
     return _process_slice(order[step * global_batch:(step + 1) * global_batch], process_index, process_count)
 
 
-def bucket_lengths(max_length: int, smallest: int = 256, growth: float = 1.25, multiple: int = 128) -> list[int]:
+def bucket_lengths(max_length: int, smallest: int = 256, growth: float = 1.15, multiple: int = 128) -> list[int]:
     """A few padded lengths, geometric from ``smallest`` to ``max_length`` (rounded to ``multiple``)."""
     out, length = [], float(smallest)
     while length < max_length:
@@ -126,7 +126,7 @@ class BatchPlan:
     """Length-bucketed batches by index; the same (seed, epoch, step) always gives the same batch."""
 
     def __init__(self, lengths, global_batch: int, seed: int, buckets: list[int],
-                 bucket_window: int = 16):
+                 bucket_window: int = 64):
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.global_batch, self.seed, self.buckets = global_batch, seed, list(buckets)
         self.bucket_window = bucket_window
