@@ -123,10 +123,17 @@ class ReasonrankRaw(_ManualBuilder):
         rows = list(read_raw_rows(path, self.report, self.options.strict))
         kept = []
         for (line, row), score in zip(rows, self_consistency_scores(r for _, r in rows)):
-            if score >= self.options.alpha:
-                kept.append((line, row, score))
-            else:
+            if score < self.options.alpha:
                 self.report.drop(row["dataset"], f"ndcg@10<{self.options.alpha:g}")
+                continue
+            try:  # texts are looked up again when the example is written; this only checks them
+                self._texts.query(row, path, line), self._texts.passages(row, path, line)
+            except InputError as err:
+                if self.options.strict:
+                    raise
+                self.report.bad(err)
+                continue
+            kept.append((line, row, score))
         self._path = path
         splits = self._by_split(kept, lambda item: (item[1]["dataset"], item[1]["qid"]))
         return {name: self._generate_examples(name, items) for name, items in splits.items()}
@@ -136,14 +143,8 @@ class ReasonrankRaw(_ManualBuilder):
 
         lengths = self.lengths.setdefault(split, [])
         for line, row, score in items:
-            try:
-                query = self._texts.query(row, self._path, line)
-                passages = self._texts.passages(row, self._path, line)
-            except InputError as err:
-                if self.options.strict:
-                    raise
-                self.report.bad(err)
-                continue
+            query = self._texts.query(row, self._path, line)
+            passages = self._texts.passages(row, self._path, line)
             example = {k: row[k] for k in ("dataset", "qid", "initial_list", "final_list", "reasoning",
                                             "relevant_docids")}
             example.update(query=query, passages=[_passage_text(p) for p in passages],
@@ -174,13 +175,6 @@ def _find_one(manual: str, name: str | None, pattern: str) -> str:
         raise InputError(f"expected exactly one {pattern} file, found {len(found)}; name it explicitly",
                          path=manual)
     return found[0]
-
-
-def _record_key(record: dict, text_field: str) -> tuple[str, str]:
-    """(dataset, qid) when the record has them, else a hash key of its prompt text."""
-    if record.get("dataset") is not None and record.get("qid") is not None:
-        return str(record["dataset"]), str(record["qid"])
-    return "", str(record.get(text_field, ""))
 
 
 class ReasonrankSft(_ManualBuilder):
@@ -215,29 +209,29 @@ class ReasonrankSft(_ManualBuilder):
                     raise err
                 self.report.bad(err)
                 continue
-            good.append((i, record))
-        splits = self._by_split(good, lambda item: _record_key(item[1], "instruction"))
-        return {name: self._generate_examples(name, items) for name, items in splits.items()}
-
-    def _generate_examples(self, split, items):
-        lengths = self.lengths.setdefault(split, [])
-        for i, record in items:
-            domain = str(record.get("dataset") or "unknown")
             example = {"system": str(record.get("system") or ""), "instruction": record["instruction"],
                        "output": record["output"], "dataset": str(record.get("dataset") or ""),
                        "qid": str(record.get("qid") or ""), "source_index": i}
-            if self.tokenized:
+            if self.tokenized:  # before splitting, so that no split ends up empty after drops
                 ids, prompt_length, status = stream.tokenize_sft(
                     self.tokenizer, example["system"], example["instruction"], example["output"],
                     self.options.max_length, self.options.overflow)
                 self._count(status)
                 if ids is None:
-                    self.report.drop(domain, status)
+                    self.report.drop(example["dataset"] or "unknown", status)
                     continue
                 example.update(input_ids=ids, prompt_length=prompt_length)
-                lengths.append(len(ids))
-            self.report.keep(domain)
-            yield str(i), example
+            good.append(example)
+        splits = self._by_split(good, lambda e: (e["dataset"], e["qid"]) if e["qid"] else ("", e["instruction"]))
+        return {name: self._generate_examples(name, items) for name, items in splits.items()}
+
+    def _generate_examples(self, split, items):
+        lengths = self.lengths.setdefault(split, [])
+        for example in items:
+            if self.tokenized:
+                lengths.append(len(example["input_ids"]))
+            self.report.keep(example["dataset"] or "unknown")
+            yield str(example["source_index"]), example
 
 
 def _as_str_list(value) -> list[str]:
@@ -289,6 +283,13 @@ class ReasonrankRl(_ManualBuilder):
                     raise bad from None
                 self.report.bad(bad)
                 continue
+            if self.tokenized:  # before splitting, so that no split ends up empty after drops
+                ids, status = stream.tokenize_rl(self.tokenizer, record["prompt"], self.options.max_prompt_length)
+                self._count(status)
+                if ids is None:
+                    self.report.drop(record["dataset"] or "unknown", status)
+                    continue
+                record["prompt_ids"] = ids
             good.append(record)
         splits = self._by_split(good, lambda r: (r["dataset"], r["qid"]) if r["qid"]
                                 else ("", r["prompt"][-1]["content"]))
@@ -297,16 +298,9 @@ class ReasonrankRl(_ManualBuilder):
     def _generate_examples(self, split, items):
         lengths = self.lengths.setdefault(split, [])
         for record in items:
-            domain = record["dataset"] or "unknown"
             if self.tokenized:
-                ids, status = stream.tokenize_rl(self.tokenizer, record["prompt"], self.options.max_prompt_length)
-                self._count(status)
-                if ids is None:
-                    self.report.drop(domain, status)
-                    continue
-                record = dict(record, prompt_ids=ids)
-                lengths.append(len(ids))
-            self.report.keep(domain)
+                lengths.append(len(record["prompt_ids"]))
+            self.report.keep(record["dataset"] or "unknown")
             yield str(record["source_index"]), record
 
 
@@ -328,9 +322,13 @@ class Bright(_ManualBuilder):
         files = bright_files.find(manual, self.options.retriever)
         if not files:
             raise InputError("no BRIGHT examples found (expected examples/{dataset}.jsonl[.gz])", path=manual)
-        return {dataset: self._generate_examples(dataset, paths) for dataset, paths in files.items()}
+        per_dataset = {dataset: list(self._examples(dataset, paths)) for dataset, paths in files.items()}
+        return {dataset: self._generate_examples(items) for dataset, items in per_dataset.items() if items}
 
-    def _generate_examples(self, dataset, paths):
+    def _generate_examples(self, items):
+        yield from items
+
+    def _examples(self, dataset, paths):
         from reasonrank_jax.data import bright_files
 
         run = bright_files.read_run(paths["run"], self.options.top_k) if paths.get("run") else {}
