@@ -14,8 +14,11 @@ from __future__ import annotations
 import glob
 import os
 
-from reasonrank_jax.data.records import iter_jsonl, open_text
+from reasonrank_jax.data.records import iter_jsonl
 from reasonrank_jax.errors import InputError
+from reasonrank_jax.eval import trec
+from reasonrank_jax.eval.bright import load_bright_examples
+from reasonrank_jax.eval.metrics import rank_documents
 
 _DOC_TEXT_KEYS = ("content", "contents", "text")
 
@@ -53,24 +56,9 @@ def find(root: str, retriever: str | None = None) -> dict[str, dict[str, str]]:
 
 
 def read_run(path: str, top_k: int) -> dict[str, list[tuple[str, float]]]:
-    """qid -> [(docid, score)] best first, at most top_k. A docid may contain spaces (BRIGHT quirk)."""
-    per_query: dict[str, list[tuple[float, int, str]]] = {}
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 6:
-                raise InputError(f"expected 6 fields 'qid Q0 docid rank score tag', got {len(parts)}",
-                                 path=path, line=lineno)
-            try:
-                rank, score = int(parts[-3]), float(parts[-2])
-            except ValueError:
-                raise InputError("rank and score must be numbers", path=path, line=lineno) from None
-            per_query.setdefault(parts[0], []).append((score, -rank, " ".join(parts[2:-3])))
-    # trec_eval order: score descending, ties by docid descending
-    return {qid: [(d, s) for s, _, d in sorted(rows, key=lambda r: (r[0], r[2]), reverse=True)[:top_k]]
-            for qid, rows in per_query.items()}
+    """qid -> [(docid, score)] in trec_eval order (score descending, ties by docid descending), top_k."""
+    run = trec.read_run(path)
+    return {qid: [(d, scores[d]) for d in rank_documents(scores)[:top_k]] for qid, scores in run.items()}
 
 
 def read_corpus(path: str) -> dict[str, str]:
@@ -93,15 +81,9 @@ def read_corpus(path: str) -> dict[str, str]:
     return corpus
 
 
-def _str_list(value) -> list[str]:
-    return [str(x) for x in value] if isinstance(value, list) else []
-
-
-def example_record(obj, path: str, line: int, dataset: str) -> dict:
-    if not isinstance(obj, dict) or "id" not in obj or not isinstance(obj.get("query"), str):
-        raise InputError("expected a JSON object with id and query", path=path, line=line)
-    return {"dataset": dataset, "qid": str(obj["id"]), "query": obj["query"],
-            "reasoning": str(obj.get("reasoning") or ""), "gold_ids": _str_list(obj.get("gold_ids")),
-            "gold_ids_long": _str_list(obj.get("gold_ids_long")),
-            "excluded_ids": _str_list(obj.get("excluded_ids")),
-            "gold_answer": str(obj.get("gold_answer") or "")}
+def read_examples(path: str, dataset: str) -> list[dict]:
+    """BRIGHT examples (checked by the eval loader; a bad line raises InputError with file:line)."""
+    return [{"dataset": dataset, "qid": e["id"], "query": e["query"], "reasoning": str(e.get("reasoning") or ""),
+             "gold_ids": list(e["gold_ids"]), "gold_ids_long": [str(x) for x in e.get("gold_ids_long") or []],
+             "excluded_ids": list(e["excluded_ids"]), "gold_answer": str(e.get("gold_answer") or "")}
+            for e in load_bright_examples(path).examples]

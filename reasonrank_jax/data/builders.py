@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 
 from reasonrank_jax.data import stream
 from reasonrank_jax.data.filter import DEFAULT_ALPHA, self_consistency_scores, split_of
-from reasonrank_jax.data.records import RawTexts, Report, iter_jsonl, open_text, read_raw_rows
+from reasonrank_jax.data.records import RawTexts, Report, open_text, read_raw_rows
 from reasonrank_jax.errors import InputError
 
 _TEXT_CONFIGS = [tfds.core.BuilderConfig(name="text", description="source fields"),
@@ -333,15 +333,8 @@ class Bright(_ManualBuilder):
 
         run = bright_files.read_run(paths["run"], self.options.top_k) if paths.get("run") else {}
         corpus = bright_files.read_corpus(paths["documents"]) if paths.get("documents") else None
-        for lineno, obj in iter_jsonl(paths["examples"]):
+        for example in bright_files.read_examples(paths["examples"], dataset):
             self.report.total += 1
-            try:
-                example = bright_files.example_record(obj, paths["examples"], lineno, dataset)
-            except InputError as err:
-                if self.options.strict:
-                    raise
-                self.report.bad(err)
-                continue
             ranked = run.get(example["qid"], [])
             example["candidates"] = [d for d, _ in ranked]
             example["candidate_scores"] = np.asarray([s for _, s in ranked], np.float32)
@@ -355,7 +348,7 @@ class Bright(_ManualBuilder):
                     continue
                 example["candidate_texts"] = [corpus[d] for d, _ in ranked]
             self.report.keep(dataset)
-            yield f"{lineno}", example
+            yield example["qid"], example
 
 
 BUILDERS = {"raw": ReasonrankRaw, "sft": ReasonrankSft, "rl": ReasonrankRl, "bright": Bright}

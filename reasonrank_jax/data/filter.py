@@ -23,10 +23,7 @@ def final_list_run(final_list: list[str]) -> dict[str, float]:
 
 def self_consistency_scores(rows: Iterable[dict]) -> list[float]:
     """nDCG@10 of each row's final_list against its relevant_docids (trec_eval semantics)."""
-    try:
-        from reasonrank_jax.eval import evaluate
-    except ImportError:  # TEMPORARY until the eval branch is merged
-        evaluate = _evaluate_ndcg10
+    from reasonrank_jax.eval.metrics import evaluate
 
     rows = list(rows)
     run, qrels = {}, {}
@@ -57,17 +54,3 @@ def stage_of(dataset: str, qid: str, sft_fraction: float = 0.5) -> str:
     """'sft' or 'rl': the two training stages split the filtered raw set by a hash (SPEC 6)."""
     return "sft" if hash_unit("stage", dataset, qid) < sft_fraction else "rl"
 
-
-def _evaluate_ndcg10(run, qrels, metrics):  # TEMPORARY stand-in for reasonrank_jax.eval.evaluate
-    import math
-    out = {}
-    for q, docs in run.items():
-        rel = qrels.get(q)
-        if not rel:
-            continue
-        ranked = sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:10]
-        dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, (d, _) in enumerate(ranked))
-        ideal = sorted(rel.values(), reverse=True)[:10]
-        idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal) if g > 0)
-        out[q] = {"ndcg_cut_10": dcg / idcg if idcg else 0.0}
-    return out

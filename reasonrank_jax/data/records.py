@@ -20,13 +20,13 @@ A text is looked up in the map of the row's dataset first, then in the other fil
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import os
 from collections import Counter
 from typing import Any, Iterator
 
 from reasonrank_jax.errors import InputError
+from reasonrank_jax.eval.trec import open_text
 
 RAW_FIELDS = ("dataset", "qid", "initial_list", "final_list", "reasoning", "relevant_docids")
 _LIST_FIELDS = ("initial_list", "final_list", "relevant_docids")
@@ -80,11 +80,6 @@ class Report:
         if len(self.errors) > 20:
             lines.append(f"  ... and {len(self.errors) - 20} more bad rows")
         return "\n".join(lines)
-
-
-def open_text(path: str):
-    """Open a text file, transparently gunzipping ``*.gz``."""
-    return gzip.open(path, "rt", encoding="utf-8") if str(path).endswith(".gz") else open(path, encoding="utf-8")
 
 
 def iter_jsonl(path: str) -> Iterator[tuple[int, Any | InputError]]:
