@@ -139,8 +139,6 @@ class ReasonrankRaw(_ManualBuilder):
         return {name: self._generate_examples(name, items) for name, items in splits.items()}
 
     def _generate_examples(self, split, items):
-        from reasonrank_jax.text import build_prompt
-
         lengths = self.lengths.setdefault(split, [])
         for line, row, score in items:
             query = self._texts.query(row, self._path, line)
@@ -150,6 +148,8 @@ class ReasonrankRaw(_ManualBuilder):
             example.update(query=query, passages=[_passage_text(p) for p in passages],
                            ndcg_at_10=score, source_line=line)
             if self.tokenized:
+                from reasonrank_jax.text import build_prompt
+
                 prompt = build_prompt(self.tokenizer, query, passages, mode=self.options.mode,
                                       max_passage_length=self.options.max_passage_length)
                 ids = np.asarray(self.tokenizer(prompt, add_special_tokens=False)["input_ids"], np.int32)
