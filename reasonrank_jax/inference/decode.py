@@ -1,0 +1,120 @@
+"""Batch generation: one jitted program per (batch, prompt, cache) bucket = prefill + a `lax.while_loop` decode loop.
+
+The KV cache lives inside the program (created, updated in place and dropped there); no host round trip per token;
+the loop ends as soon as every sequence has produced an EOS or `max_new_tokens`. Prompts are left-padded to a bucket
+length (a power of two, at least 16), so a run compiles a handful of programs, not one per batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reasonrank_jax.inference.sampling import SamplingParams, next_token
+from reasonrank_jax.models.config import ModelConfig
+from reasonrank_jax.models.transformer import forward_cached, init_cache
+
+MIN_BUCKET = 16
+
+
+def bucket_length(n: int, minimum: int = MIN_BUCKET) -> int:
+    """The smallest power of two >= max(n, minimum)."""
+    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+def left_pad(prompts: list[list[int]], length: int, batch: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """ids and mask [batch, length], prompts right-aligned; rows beyond len(prompts) are empty (all padding)."""
+    ids = np.full((batch, length), pad_id, np.int32)
+    mask = np.zeros((batch, length), np.int32)
+    for row, prompt in enumerate(prompts):
+        if prompt:
+            ids[row, length - len(prompt):] = prompt
+            mask[row, length - len(prompt):] = 1
+    return ids, mask
+
+
+def prefill(cfg: ModelConfig, params, ids_bp, mask_bp, cache_len: int, key, sampling: SamplingParams):
+    """Run the prompts through the model into a fresh cache of `cache_len` slots and choose each first token.
+
+    Returns (cache, kv_mask_bs, first_token_b, first_logprob_b, next_position_b). Traceable (call inside jit).
+    """
+    b, p = ids_bp.shape
+    cache = init_cache(cfg, b, cache_len)
+    kv_mask_bs = jnp.zeros((b, cache_len), jnp.int32).at[:, :p].set(mask_bp)
+    positions_bp = jnp.maximum(jnp.cumsum(mask_bp, axis=1) - 1, 0)
+    logits, cache = forward_cached(cfg, params, ids_bp, positions_bp, cache, jnp.zeros(b, jnp.int32), kv_mask_bs,
+                                   last_only=True)
+    token_b, logprob_b = next_token(logits[:, 0], key, sampling)
+    return cache, kv_mask_bs, token_b, logprob_b, jnp.sum(mask_bp, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "cache_len", "max_new_tokens", "sampling", "num_eos"))
+def _generate(cfg, params, ids_bp, mask_bp, eos_e, key, *, cache_len, max_new_tokens, sampling, num_eos):
+    b, p = ids_bp.shape
+    key, first_key = jax.random.split(key)
+    cache, kv_mask, token, logprob, position = prefill(cfg, params, ids_bp, mask_bp, cache_len, first_key, sampling)
+    live = jnp.any(mask_bp, axis=1)  # padding rows of the batch bucket are finished from the start
+    tokens_bn = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(token)
+    logprobs_bn = jnp.zeros((b, max_new_tokens), jnp.float32).at[:, 0].set(logprob)
+    is_eos = jnp.any(token[:, None] == eos_e, axis=1) if num_eos else jnp.zeros(b, bool)
+    done = ~live | is_eos
+    lengths = jnp.where(live, 1, 0)
+
+    def cond(state):
+        step, _, _, _, _, done, *_ = state
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        step, cache, kv_mask, tokens_bn, logprobs_bn, done, lengths, position, key = state
+        key, step_key = jax.random.split(key)
+        slot = jnp.full((b,), p + step - 1, jnp.int32)  # token `step - 1` is written at slot p + step - 1
+        kv_mask = kv_mask.at[:, p + step - 1].set(1)
+        last = tokens_bn[:, step - 1][:, None]
+        logits, cache = forward_cached(cfg, params, last, position[:, None], cache, slot, kv_mask, last_only=True)
+        token, logprob = next_token(logits[:, 0], step_key, sampling)
+        tokens_bn = tokens_bn.at[:, step].set(jnp.where(done, 0, token))
+        logprobs_bn = logprobs_bn.at[:, step].set(jnp.where(done, 0.0, logprob))
+        lengths = lengths + (~done).astype(jnp.int32)
+        if num_eos:
+            done = done | jnp.any(token[:, None] == eos_e, axis=1)
+        return step + 1, cache, kv_mask, tokens_bn, logprobs_bn, done, lengths, position + 1, key
+
+    state = (jnp.int32(1), cache, kv_mask, tokens_bn, logprobs_bn, done, lengths, position, key)
+    state = jax.lax.while_loop(cond, body, state)
+    _, _, _, tokens_bn, logprobs_bn, _, lengths, _, _ = state
+    return tokens_bn, logprobs_bn, lengths
+
+
+def generate(cfg: ModelConfig, params, prompts: list[list[int]], max_new_tokens: int, eos_ids: list[int],
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, seed: int = 0,
+             *, return_logprobs: bool = False, batch_multiple: int = 1):
+    """New tokens per prompt, up to and including the first EOS (eos_ids=[] never stops early).
+
+    temperature 0 is greedy. return_logprobs=True also returns each token's log-probability under the model
+    (raw logits, temperature 1). The batch is padded to a power of two (and a multiple of `batch_multiple`, e.g. the
+    mesh's data-parallel size), prompts to a power-of-two bucket; the cache holds bucket + max_new_tokens slots.
+    """
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    if not prompts:
+        return ([], []) if return_logprobs else []
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    sampling = SamplingParams(float(temperature), float(top_p), int(top_k), float(min_p))
+    p = bucket_length(max(len(x) for x in prompts))
+    b = bucket_length(len(prompts), minimum=1)
+    b = -(-b // batch_multiple) * batch_multiple
+    ids, mask = left_pad(prompts, p, b)
+    cache_len = -(-(p + max_new_tokens) // 64) * 64
+    eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)
+    tokens, logprobs, lengths = jax.device_get(_generate(
+        cfg, params, jnp.asarray(ids), jnp.asarray(mask), eos, jax.random.PRNGKey(seed), cache_len=cache_len,
+        max_new_tokens=int(max_new_tokens), sampling=sampling, num_eos=len(eos_ids)))
+    outputs = [tokens[row, :lengths[row]].tolist() for row in range(len(prompts))]
+    if return_logprobs:
+        return outputs, [logprobs[row, :lengths[row]].tolist() for row in range(len(prompts))]
+    return outputs

@@ -1,0 +1,178 @@
+"""A continuous-batching decode engine: `num_slots` sequences decode together, each slot with its own cache row and
+write position, and a finished slot is refilled with the next queued request while the others keep decoding.
+
+Device state (one pytree, donated to every call, so the cache is updated in place):
+  cache {"k","v"} [l, slots, k, max_len, e]   kv_mask [slots, max_len]   write_pos, position, last_token [slots]
+  active [slots]   count [slots] (tokens generated)   limit [slots] (max new tokens)   tokens [slots, max_new_tokens]
+Two jitted programs: `_admit` (prefill a bucket of new prompts and insert them into free slots) and `_decode_chunk`
+(a `lax.while_loop` of up to `chunk` decode steps that returns early when a slot finishes, so it is refilled at once).
+The host syncs once per chunk, never per token. A request's output depends only on its prompt (and, when sampling,
+on the engine's key stream), not on which requests share the batch.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reasonrank_jax.inference.decode import bucket_length, left_pad, prefill
+from reasonrank_jax.inference.sampling import SamplingParams, next_token
+from reasonrank_jax.models.config import ModelConfig
+from reasonrank_jax.models.transformer import forward_cached, init_cache
+
+
+class Finished(NamedTuple):
+    request_id: Any
+    tokens: list[int]  # new tokens, including the EOS that ended the request (if one did)
+    prompt_len: int
+
+
+def _is_eos(token_b, eos_e):
+    return jnp.any(token_b[:, None] == eos_e, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling"), donate_argnums=(2,))
+def _admit(cfg, params, state, ids_bp, mask_bp, rows_b, limits_b, eos_e, key, *, sampling):
+    b, p = ids_bp.shape
+    max_len = state["kv_mask"].shape[1]
+    cache, kv_mask, token, _, position = prefill(cfg, params, ids_bp, mask_bp, p, key, sampling)
+    state = dict(state)
+    # rows_b == num_slots marks a padding row of the bucket: the scatters below drop it.
+    state["cache"] = {name: state["cache"][name].at[:, rows_b, :, :p].set(cache[name], mode="drop")
+                      for name in ("k", "v")}
+    row_mask = jnp.zeros((b, max_len), jnp.int32).at[:, :p].set(kv_mask)
+    state["kv_mask"] = state["kv_mask"].at[rows_b].set(row_mask, mode="drop")
+    state["write_pos"] = state["write_pos"].at[rows_b].set(p, mode="drop")
+    state["position"] = state["position"].at[rows_b].set(position, mode="drop")
+    state["last_token"] = state["last_token"].at[rows_b].set(token, mode="drop")
+    state["count"] = state["count"].at[rows_b].set(1, mode="drop")
+    state["limit"] = state["limit"].at[rows_b].set(limits_b, mode="drop")
+    state["tokens"] = state["tokens"].at[rows_b, 0].set(token, mode="drop")
+    state["active"] = state["active"].at[rows_b].set(~_is_eos(token, eos_e) & (limits_b > 1), mode="drop")
+    return state
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling", "chunk"), donate_argnums=(2,))
+def _decode_chunk(cfg, params, state, eos_e, key, *, sampling, chunk):
+    num_slots = state["active"].shape[0]
+    rows = jnp.arange(num_slots)
+
+    def cond(carry):
+        step, finished_any, state, _ = carry
+        # Back to the host as soon as a slot frees up, so that it is refilled without waiting out the chunk.
+        return (step < chunk) & jnp.any(state["active"]) & ~finished_any
+
+    def body(carry):
+        step, finished_any, state, key = carry
+        key, step_key = jax.random.split(key)
+        active = state["active"]
+        write_pos = state["write_pos"]
+        kv_mask = state["kv_mask"].at[rows, write_pos].set(jnp.where(active, 1, state["kv_mask"][rows, write_pos]))
+        logits, cache = forward_cached(cfg, params, state["last_token"][:, None], state["position"][:, None],
+                                       state["cache"], write_pos, kv_mask, last_only=True)
+        token, _ = next_token(logits[:, 0], step_key, sampling)
+        count = state["count"]
+        tokens = state["tokens"].at[rows, count].set(jnp.where(active, token, state["tokens"][rows, count]),
+                                                     mode="drop")
+        count = count + active
+        finished = active & (_is_eos(token, eos_e) | (count >= state["limit"]))
+        state = {**state, "cache": cache, "kv_mask": kv_mask, "tokens": tokens, "count": count,
+                 "active": active & ~finished,
+                 "last_token": jnp.where(active, token, state["last_token"]),
+                 "write_pos": write_pos + active, "position": state["position"] + active}
+        return step + 1, finished_any | jnp.any(finished), state, key
+
+    _, _, state, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), jnp.bool_(False), state, key))
+    return state
+
+
+class DecodeEngine:
+    """Submit requests, call `step()` until `has_work()` is False; each step returns the requests that finished."""
+
+    def __init__(self, cfg: ModelConfig, params, num_slots: int, max_len: int, eos_ids: list[int],
+                 temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, seed: int = 0,
+                 max_new_tokens: int = 3172, chunk: int = 64):
+        self.cfg, self.params = cfg, params
+        self.num_slots, self.max_len, self.max_new_tokens, self.chunk = num_slots, max_len, max_new_tokens, chunk
+        self.sampling = SamplingParams(float(temperature), float(top_p), int(top_k), float(min_p))
+        self._eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)
+        self._key = jax.random.PRNGKey(seed)
+        zeros = lambda dtype=jnp.int32: jnp.zeros((num_slots,), dtype)  # noqa: E731
+        self._state = {
+            "cache": init_cache(cfg, num_slots, max_len), "kv_mask": jnp.zeros((num_slots, max_len), jnp.int32),
+            "write_pos": zeros(), "position": zeros(), "last_token": zeros(), "active": zeros(bool),
+            "count": zeros(), "limit": zeros(), "tokens": jnp.zeros((num_slots, max_new_tokens), jnp.int32)}
+        self._queue: collections.deque = collections.deque()
+        self._slot_request: list[tuple[Any, int] | None] = [None] * num_slots
+        self.tokens_in = self.tokens_out = 0
+
+    def submit(self, request_id, prompt_ids: list[int], max_new_tokens: int | None = None) -> None:
+        limit = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        if not 1 <= limit <= self.max_new_tokens:
+            raise ValueError(f"max_new_tokens must be in 1..{self.max_new_tokens}, got {limit}")
+        if not prompt_ids:
+            raise ValueError("empty prompt")
+        if bucket_length(len(prompt_ids)) + limit > self.max_len:
+            raise ValueError(f"prompt of {len(prompt_ids)} tokens (bucket {bucket_length(len(prompt_ids))}) + "
+                             f"{limit} new tokens does not fit max_len={self.max_len}")
+        self._queue.append((request_id, list(prompt_ids), limit))
+
+    def has_work(self) -> bool:
+        return bool(self._queue) or any(r is not None for r in self._slot_request)
+
+    def _next_key(self):
+        self._key, key = jax.random.split(self._key)
+        return key
+
+    def _admit_waiting(self) -> None:
+        free = [slot for slot, r in enumerate(self._slot_request) if r is None]
+        batch = []
+        while self._queue and len(batch) < len(free):
+            request_id, prompt, limit = self._queue[0]
+            p = bucket_length(max([len(prompt)] + [len(x[1]) for x in batch]))
+            if any(p + x[2] > self.max_len for x in batch + [self._queue[0]]):
+                break  # this prompt would push a neighbour's bucket past the cache; admit it next time
+            batch.append(self._queue.popleft())
+        if not batch:
+            return
+        p = bucket_length(max(len(x[1]) for x in batch))
+        b = min(bucket_length(len(batch), minimum=1), bucket_length(self.num_slots, minimum=1))
+        ids, mask = left_pad([x[1] for x in batch], p, b)
+        rows = np.full(b, self.num_slots, np.int32)
+        limits = np.ones(b, np.int32)
+        for i, (request_id, prompt, limit) in enumerate(batch):
+            rows[i], limits[i] = free[i], limit
+            self._slot_request[free[i]] = (request_id, len(prompt))
+            self.tokens_in += len(prompt)
+        self._state = _admit(self.cfg, self.params, self._state, jnp.asarray(ids), jnp.asarray(mask),
+                             jnp.asarray(rows), jnp.asarray(limits), self._eos, self._next_key(),
+                             sampling=self.sampling)
+
+    def _collect(self) -> list[Finished]:
+        active, count = jax.device_get((self._state["active"], self._state["count"]))
+        done_slots = [s for s, r in enumerate(self._slot_request) if r is not None and not active[s]]
+        if not done_slots:
+            return []
+        tokens = np.asarray(jax.device_get(self._state["tokens"][np.asarray(done_slots)]))
+        finished = []
+        for i, slot in enumerate(done_slots):
+            request_id, prompt_len = self._slot_request[slot]
+            finished.append(Finished(request_id, tokens[i, :count[slot]].tolist(), prompt_len))
+            self._slot_request[slot] = None
+            self.tokens_out += int(count[slot])
+        return finished
+
+    def step(self) -> list[Finished]:
+        """Admit waiting requests into free slots, decode up to `chunk` tokens, return the finished requests."""
+        self._admit_waiting()
+        finished = self._collect()  # requests that ended at their first token
+        if any(r is not None for r in self._slot_request) and not finished:
+            self._state = _decode_chunk(self.cfg, self.params, self._state, self._eos, self._next_key(),
+                                        sampling=self.sampling, chunk=self.chunk)
+            finished = self._collect()
+        return finished
