@@ -1,0 +1,139 @@
+"""The decoder: greedy parity with transformers' generate, EOS handling, sampling filters and frequencies, and the
+continuous-batching engine against plain generate."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
+
+from reasonrank_jax.inference import generate
+from reasonrank_jax.inference.engine import DecodeEngine
+from reasonrank_jax.inference.sampling import SamplingParams, filtered_logits, next_token
+from reasonrank_jax.models import load_pretrained
+
+VOCAB = 96
+SMALL = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2)
+
+
+@pytest.fixture(scope="module", params=["qwen2", "qwen3"])
+def model_pair(request, tmp_path_factory):
+    config = Qwen2Config(**SMALL) if request.param == "qwen2" else Qwen3Config(**SMALL, head_dim=16)
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # weights large enough that greedy continuations vary
+        for name, tensor in model.state_dict().items():
+            tensor.copy_((1.0 if name.endswith("norm.weight") else 0.0) + 0.12 * torch.randn_like(tensor))
+    path = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(path)
+    cfg, params = load_pretrained(path)
+    return model, cfg, params
+
+
+def _hf_greedy(model, prompt, max_new_tokens, eos_ids):
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_ids or None,
+                             pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def _prompts(seed, lengths):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, VOCAB, n).tolist() for n in lengths]
+
+
+def test_greedy_matches_transformers_token_for_token_on_a_ragged_batch(model_pair):
+    model, cfg, params = model_pair
+    prompts = _prompts(0, [3, 11, 6, 17, 1])
+    ours = generate(cfg, params, prompts, max_new_tokens=24, eos_ids=[])
+    for prompt, tokens in zip(prompts, ours):
+        assert len(tokens) == 24
+        assert tokens == _hf_greedy(model, prompt, 24, [])
+    assert len({tuple(t) for t in ours}) > 1  # not a degenerate model
+
+
+def test_eos_stops_each_sequence_and_is_included(model_pair):
+    model, cfg, params = model_pair
+    prompts = _prompts(1, [4, 9, 13])
+    free_running = generate(cfg, params, prompts, max_new_tokens=30, eos_ids=[])
+    eos = free_running[1][5]  # a token the second sequence emits at step 5
+    stopped = generate(cfg, params, prompts, max_new_tokens=30, eos_ids=[eos])
+    for full, out, prompt in zip(free_running, stopped, prompts):
+        expected = full[: full.index(eos) + 1] if eos in full else full
+        assert out == expected
+        assert out == _hf_greedy(model, prompt, 30, [eos])
+    assert stopped[1][-1] == eos and len(stopped[1]) <= 6
+
+
+def test_top_k_one_is_greedy_and_sampling_is_seeded(model_pair):
+    _, cfg, params = model_pair
+    prompts = _prompts(2, [5, 8])
+    greedy = generate(cfg, params, prompts, max_new_tokens=12, eos_ids=[])
+    assert generate(cfg, params, prompts, 12, [], temperature=1.3, top_k=1, seed=9) == greedy
+    a = generate(cfg, params, prompts, 12, [], temperature=1.0, seed=1)
+    assert a == generate(cfg, params, prompts, 12, [], temperature=1.0, seed=1)
+    assert a != generate(cfg, params, prompts, 12, [], temperature=1.0, seed=2)
+
+
+def test_logprobs_are_the_models(model_pair):
+    model, cfg, params = model_pair
+    prompt = _prompts(4, [7])[0]
+    tokens, logprobs = generate(cfg, params, [prompt], 6, [], return_logprobs=True)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + tokens[0]])).logits[0].double()
+    expected = torch.log_softmax(logits, -1)[len(prompt) - 1:-1].gather(1, torch.tensor(tokens[0])[:, None])[:, 0]
+    np.testing.assert_allclose(logprobs[0], expected.numpy(), atol=1e-4)
+
+
+def test_filters_on_hand_computed_distribution():
+    logits = jnp.log(jnp.array([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    kept = lambda **kw: np.isfinite(np.asarray(filtered_logits(logits, SamplingParams(1.0, **kw)))[0]) & (  # noqa
+        np.asarray(filtered_logits(logits, SamplingParams(1.0, **kw)))[0] > -1e30)
+    assert kept(top_k=2).tolist() == [True, True, False, False, False]
+    assert kept(top_p=0.7).tolist() == [True, True, False, False, False]  # 0.5 + 0.2 reaches 0.7
+    assert kept(top_p=0.71).tolist() == [True, True, True, False, False]
+    assert kept(top_p=0.4).tolist() == [True, False, False, False, False]
+    assert kept(min_p=0.3).tolist() == [True, True, True, False, False]  # floor 0.15
+    assert kept(top_k=3, min_p=0.35).tolist() == [True, True, False, False, False]
+
+
+def test_sampling_frequencies_match_the_softmax():
+    probs = np.array([0.4, 0.3, 0.2, 0.1, 0.0])
+    logits = jnp.log(jnp.asarray(probs) + 1e-30)[None].repeat(20000, axis=0)
+    tokens, _ = jax.jit(next_token, static_argnums=2)(logits, jax.random.PRNGKey(0), SamplingParams(1.0))
+    freq = np.bincount(np.asarray(tokens), minlength=5) / 20000
+    np.testing.assert_allclose(freq, probs, atol=0.015)
+    # temperature 0.5 sharpens to p^2 / sum p^2; top_p 0.75 renormalises over the first three
+    tokens, _ = jax.jit(next_token, static_argnums=2)(logits, jax.random.PRNGKey(1), SamplingParams(0.5))
+    sharp = probs**2 / np.sum(probs**2)
+    np.testing.assert_allclose(np.bincount(np.asarray(tokens), minlength=5) / 20000, sharp, atol=0.015)
+    tokens, _ = jax.jit(next_token, static_argnums=2)(logits, jax.random.PRNGKey(2), SamplingParams(1.0, top_p=0.75))
+    np.testing.assert_allclose(np.bincount(np.asarray(tokens), minlength=5) / 20000,
+                               [0.4 / 0.9, 0.3 / 0.9, 0.2 / 0.9, 0, 0], atol=0.015)
+
+
+def test_engine_matches_generate_with_refills_and_per_request_limits(model_pair):
+    _, cfg, params = model_pair
+    rng = np.random.default_rng(5)
+    prompts = _prompts(6, rng.integers(1, 30, 9))
+    limits = [int(x) for x in rng.integers(1, 25, 9)]
+    free_running = generate(cfg, params, prompts[:1], 25, [])[0]
+    eos = [free_running[3]]
+    # greedy with a limit of n is the first n tokens of the longer run (which stops at EOS anyway)
+    expected = [tokens[:n] for tokens, n in zip(generate(cfg, params, prompts, 25, eos), limits)]
+    engine = DecodeEngine(cfg, params, num_slots=3, max_len=64, eos_ids=eos, max_new_tokens=32, chunk=6)
+    for i, (prompt, limit) in enumerate(zip(prompts, limits)):
+        engine.submit(i, prompt, limit)
+    got = {}
+    while engine.has_work():
+        for finished in engine.step():
+            assert finished.request_id not in got
+            got[finished.request_id] = finished.tokens
+            assert finished.prompt_len == len(prompts[finished.request_id])
+    assert [got[i] for i in range(9)] == expected
+    assert engine.tokens_out == sum(map(len, expected)) and engine.tokens_in == sum(map(len, prompts))
+    with pytest.raises(ValueError, match="max_len"):
+        engine.submit("too long", list(range(60)), 10)
