@@ -1,0 +1,115 @@
+"""Decode throughput: reasonrank-jax `generate` vs transformers' PyTorch `generate`, same random-weight Qwen2 model,
+greedy, on this machine's CPU, measured side by side in one run. Also the fraction of the memory-bandwidth roofline
+(weights + KV cache bytes read per decode step, against a measured copy bandwidth) that our decoder reaches.
+
+    python benchmarks/bench_decode.py [--sizes tiny small] [--batches 1 8 32] [--new-tokens 64] [--prompt 64]
+
+Prints one row per (model, batch): new tokens/s for both, the ratio, and the roofline fraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+
+SIZES = {  # hidden, layers, heads, kv heads, intermediate, vocab
+    "tiny": (256, 2, 4, 2, 768, 8192),
+    "deep": (256, 12, 4, 2, 768, 8192),  # thin and deep: per-layer overhead matters
+    "small": (512, 4, 8, 2, 1536, 32000),
+    "medium": (1024, 8, 16, 4, 2816, 32000),
+}
+
+
+def copy_bandwidth_gbs() -> float:
+    """Bytes moved per second by a large numpy copy (read + write), the practical roofline of this machine."""
+    src = np.ones(64 * 2**20, np.float32)  # 256 MiB
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.nbytes / best / 1e9
+
+
+def build_model(size: str, path: str):
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    hidden, layers, heads, kv_heads, inter, vocab = SIZES[size]
+    config = Qwen2Config(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=kv_heads, intermediate_size=inter, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.save_pretrained(path)
+    return model
+
+
+def best_of(fn, repeats: int) -> float:
+    fn()  # warm-up (compilation for JAX, allocator for torch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=list(SIZES))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import torch
+
+    from reasonrank_jax.inference import generate
+    from reasonrank_jax.inference.decode import bucket_length
+    from reasonrank_jax.models import load_pretrained
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    bandwidth = copy_bandwidth_gbs()
+    print(f"machine: {os.cpu_count()} cores, copy bandwidth {bandwidth:.1f} GB/s; torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}; prompt {args.prompt} tokens, {args.new_tokens} new tokens, greedy, fp32")
+    print(f"{'model':8s} {'params':>8s} {'batch':>5s} {'ours tok/s':>11s} {'hf tok/s':>9s} {'ratio':>6s} "
+          f"{'roofline':>8s}")
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory() as path:
+            model = build_model(size, path)
+            cfg, params = load_pretrained(path)
+            weight_bytes = cfg.num_params() * 4
+            rng = np.random.default_rng(0)
+            for batch in args.batches:
+                prompts = rng.integers(0, cfg.vocab_size, (batch, args.prompt))
+                ours = best_of(lambda: generate(cfg, params, prompts.tolist(), args.new_tokens, eos_ids=[]),
+                               args.repeats)
+                ids = torch.tensor(prompts)
+
+                def hf():
+                    with torch.no_grad():
+                        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
+                                       min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+
+                theirs = best_of(hf, args.repeats)
+                new = batch * args.new_tokens
+                # per decode step: all weights once + the whole cache (bucketed length) for every sequence
+                cache_slots = -(-(bucket_length(args.prompt) + args.new_tokens) // 64) * 64
+                kv_bytes = 2 * cfg.num_layers * batch * cfg.num_kv_heads * cache_slots * cfg.head_dim * 4
+                step_time = ours / args.new_tokens
+                roofline = (weight_bytes + kv_bytes) / step_time / 1e9 / bandwidth
+                print(f"{size:8s} {cfg.num_params() / 1e6:7.1f}M {batch:5d} {new / ours:11.1f} {new / theirs:9.1f} "
+                      f"{theirs / ours:5.2f}x {roofline:7.0%}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
