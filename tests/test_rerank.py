@@ -1,0 +1,182 @@
+"""Sliding windows (hand-computed), the two schedules, and an end-to-end `rerank` with a tiny model (resume included)."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Qwen2Config
+
+from reasonrank_jax.inference import sliding_windows
+from reasonrank_jax.inference.engine import Finished
+from reasonrank_jax.inference.rerank import make_query_state, rerank_barrier, rerank_slots
+
+
+@pytest.mark.parametrize("args, expected", [
+    ((0, 100, 20, 10), [(80, 100), (70, 90), (60, 80), (50, 70), (40, 60), (30, 50), (20, 40), (10, 30), (0, 20)]),
+    ((0, 15, 15, 10), [(0, 15)]),  # fewer candidates than 20: window = n
+    ((0, 25, 20, 10), [(5, 25), (0, 15)]),  # the start is clamped in place, so the loop ends after (0, 15)
+    ((0, 20, 20, 10), [(0, 20)]),
+    ((0, 40, 20, 20), [(20, 40), (0, 20)]),  # step == window: no overlap
+    ((0, 100, 10, 5), [(90 - 5 * i, 100 - 5 * i) for i in range(19)]),  # the leaderboard setting: 19 windows
+    ((10, 50, 20, 10), [(30, 50), (20, 40), (10, 30)]),
+])
+def test_sliding_windows(args, expected):
+    assert sliding_windows(*args) == expected
+
+
+class FakePrompter:
+    """Prompt = the window's docids; the 'model' ranks them by a hash of (query, docid)."""
+
+    def prompt_ids(self, state, window):
+        return [hash((state.query, d)) % 10**6 for d in state.docids[window[0]:window[1]]] + [len(state.docids)]
+
+    def decode(self, tokens):
+        return "<think>x</think> <answer>" + " > ".join(f"[{t}]" for t in tokens) + "</answer>"
+
+
+class FakeEngine:
+    """Finishes requests in an order that depends on a per-request 'trace length'; output depends on the prompt only."""
+
+    def __init__(self, num_slots, seed):
+        self.num_slots, self.rng, self.active, self.queue = num_slots, random.Random(seed), [], []
+
+    def submit(self, request_id, prompt_ids, max_new_tokens=None):
+        self.queue.append((request_id, prompt_ids))
+
+    def has_work(self):
+        return bool(self.queue or self.active)
+
+    def step(self):
+        while self.queue and len(self.active) < self.num_slots:
+            request_id, prompt = self.queue.pop(0)
+            self.active.append([request_id, prompt, self.rng.randint(1, 5)])
+        finished = []
+        for item in list(self.active):
+            item[2] -= 1
+            if item[2] == 0:
+                self.active.remove(item)
+                hashes = item[1][:-1]
+                order = sorted(range(len(hashes)), key=lambda i: hashes[i])  # the answer: 1-based ids
+                finished.append(Finished(item[0], [i + 1 for i in order], len(item[1])))
+        return finished
+
+
+def _states(seed):
+    rng = random.Random(seed)
+    return [make_query_state(f"q{i}", f"query {i}", [f"d{i}_{j}" for j in range(rng.randint(1, 60))])
+            for i in range(12)]
+
+
+def test_slot_scheduler_and_barrier_give_identical_rankings():
+    results = []
+    for schedule, seed in ((rerank_slots, 1), (rerank_barrier, 2), (rerank_slots, 3)):
+        done, windows = {}, []
+        states = _states(0)
+        schedule(FakeEngine(3, seed), states, FakePrompter(), on_window=windows.append,
+                 on_query_done=lambda s, done=done: done.setdefault(s.qid, s.final_ranking()))
+        assert set(done) == {s.qid for s in states}
+        assert len(windows) == sum(len(s.windows) for s in states)
+        for state in states:
+            assert sorted(done[state.qid]) == sorted(d for d in _states(0)[int(state.qid[1:])].docids)
+        results.append(done)
+    assert results[0] == results[1] == results[2]
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def tiny_reranker(tmp_path_factory, qwen2_tokenizer_dir):
+    """A tiny random Qwen2 with the real tokenizer's vocabulary, saved with the tokenizer files, plus data files."""
+    root = tmp_path_factory.mktemp("rerank")
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=151646, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(root / "model")
+    for name in os.listdir(qwen2_tokenizer_dir):
+        (root / "model" / name).write_bytes((open(os.path.join(qwen2_tokenizer_dir, name), "rb")).read())
+    rng = random.Random(0)
+    words = "cell energy protein water light river stone market price robot".split()
+    with open(root / "corpus.jsonl", "w") as f:
+        for q in range(3):
+            for j in range(25):
+                text = " ".join(rng.choice(words) for _ in range(6))
+                f.write(json.dumps({"_id": f"q{q}-d{j}", "title": f"T{j}" if j % 3 == 0 else "", "text": text}) + "\n")
+    with open(root / "queries.jsonl", "w") as f:
+        for q in range(3):
+            f.write(json.dumps({"id": f"q{q}", "query": f"what about {words[q]} [{q}]?"}) + "\n")
+    with open(root / "run.trec", "w") as f:
+        for q in range(3):
+            for j in range(25):
+                f.write(f"q{q} Q0 q{q}-d{j} {j + 1} {30 - j}.5 bm25\n")
+    with open(root / "qrels.txt", "w") as f:
+        f.write("q0 0 q0-d3 1\nq1 0 q1-d20 1\nq2 0 q2-d0 1\n")
+    return root
+
+
+def _rerank(root, out, *extra):
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    cmd = [sys.executable, "-m", "reasonrank_jax", "rerank", "--model", str(root / "model"), "--run",
+           str(root / "run.trec"), "--corpus", str(root / "corpus.jsonl"), "--queries", str(root / "queries.jsonl"),
+           "--out", str(out), "--max-new-tokens", "6", "--slots", "2", "--dtype", "float32", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def _read_trec(path):
+    lines = [line.split() for line in open(path)]
+    by_qid = {}
+    for qid, _, docid, rank, score, _ in lines:
+        by_qid.setdefault(qid, []).append((int(rank), float(score), docid))
+    return by_qid
+
+
+def test_end_to_end_rerank_resume_and_schedulers(tiny_reranker, tmp_path):
+    root = tiny_reranker
+    result = _rerank(root, tmp_path / "a", "--eval", str(root / "qrels.txt"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = _read_trec(tmp_path / "a" / "run.trec")
+    assert set(run) == {"q0", "q1", "q2"}
+    for qid, rows in run.items():
+        assert sorted(d for _, _, d in rows) == sorted(f"{qid}-d{j}" for j in range(25))  # each candidate once
+        assert [r for r, _, _ in rows] == list(range(1, 26))
+        scores = [s for _, s, _ in rows]
+        assert all(a > b for a, b in zip(scores, scores[1:]))
+    windows = [json.loads(line) for line in open(tmp_path / "a" / "windows.jsonl")]
+    assert len(windows) == 6 and [w["window"] for w in windows if w["qid"] == "q0"] == [[5, 25], [0, 15]]
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["queries"] == 3 and summary["windows"] == 6
+    assert summary["tokens_out"] == sum(w["tokens_out"] for w in windows)
+    assert "first stage" in result.stdout and "reranked" in result.stdout
+
+    barrier = _rerank(root, tmp_path / "b", "--scheduler", "barrier")
+    assert barrier.returncode == 0, barrier.stderr[-2000:]
+    assert (tmp_path / "b" / "run.trec").read_text() == (tmp_path / "a" / "run.trec").read_text()
+
+    # Resume: keep the first finished query and a torn second line, drop the outputs, run again.
+    done_lines = (tmp_path / "a" / "done.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "a" / "done.jsonl").write_text(done_lines[0] + done_lines[1][:20])
+    (tmp_path / "a" / "run.trec").unlink()
+    resumed = _rerank(root, tmp_path / "a")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "1 already done" in resumed.stdout and "4 windows to run" in resumed.stdout
+    assert (tmp_path / "a" / "run.trec").read_text() == (tmp_path / "b" / "run.trec").read_text()
+    assert len((tmp_path / "a" / "windows.jsonl").read_text().splitlines()) == 6
+    assert len((tmp_path / "a" / "done.jsonl").read_text().splitlines()) == 3
+
+
+def test_rerank_bad_inputs_exit_2_with_one_line(tiny_reranker, tmp_path):
+    root = tiny_reranker
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(line for line in open(root / "corpus.jsonl") if '"q1-d7"' not in line))
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    base = [sys.executable, "-m", "reasonrank_jax", "rerank", "--model", str(root / "model"), "--run",
+            str(root / "run.trec"), "--queries", str(root / "queries.jsonl"), "--out", str(tmp_path / "o")]
+    result = subprocess.run(base + ["--corpus", str(corpus)], capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "q1-d7" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    corpus.write_text('{"_id": "x", "text": "fine"}\n{broken\n')
+    result = subprocess.run(base + ["--corpus", str(corpus)], capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and f"{corpus}:2" in result.stderr and "Traceback" not in result.stderr
