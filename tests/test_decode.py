@@ -137,3 +137,15 @@ def test_engine_matches_generate_with_refills_and_per_request_limits(model_pair)
     assert engine.tokens_out == sum(map(len, expected)) and engine.tokens_in == sum(map(len, prompts))
     with pytest.raises(ValueError, match="max_len"):
         engine.submit("too long", list(range(60)), 10)
+
+
+def test_generate_with_the_batch_sharded_over_a_mesh(model_pair):
+    from reasonrank_jax.training.mesh import make_mesh, shard_params
+
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 virtual devices")
+    _, cfg, params = model_pair
+    mesh = make_mesh((4, 1, 2))
+    prompts = _prompts(8, [5, 12, 3])
+    expected = generate(cfg, params, prompts, 10, [])
+    assert generate(cfg, shard_params(mesh, params), prompts, 10, [], mesh=mesh) == expected

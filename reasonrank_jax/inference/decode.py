@@ -91,12 +91,13 @@ def _generate(cfg, params, ids_bp, mask_bp, eos_e, key, *, cache_len, max_new_to
 
 def generate(cfg: ModelConfig, params, prompts: list[list[int]], max_new_tokens: int, eos_ids: list[int],
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, seed: int = 0,
-             *, return_logprobs: bool = False, batch_multiple: int = 1):
+             *, return_logprobs: bool = False, mesh=None):
     """New tokens per prompt, up to and including the first EOS (eos_ids=[] never stops early).
 
     temperature 0 is greedy. return_logprobs=True also returns each token's log-probability under the model
-    (raw logits, temperature 1). The batch is padded to a power of two (and a multiple of `batch_multiple`, e.g. the
-    mesh's data-parallel size), prompts to a power-of-two bucket; the cache holds bucket + max_new_tokens slots.
+    (raw logits, temperature 1). The batch is padded to a power of two, prompts to a power-of-two bucket; the cache
+    holds bucket + max_new_tokens slots. With a `mesh` ("data", "fsdp", "tensor"), the batch (and so the KV cache)
+    is split over the data-parallel axes ("data", "fsdp"); place params with `training.mesh.shard_params`.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
@@ -107,12 +108,17 @@ def generate(cfg: ModelConfig, params, prompts: list[list[int]], max_new_tokens:
     sampling = SamplingParams(float(temperature), float(top_p), int(top_k), float(min_p))
     p = bucket_length(max(len(x) for x in prompts))
     b = bucket_length(len(prompts), minimum=1)
-    b = -(-b // batch_multiple) * batch_multiple
-    ids, mask = left_pad(prompts, p, b)
+    data_parallel = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    b = -(-b // data_parallel) * data_parallel
+    ids, mask = (jnp.asarray(x) for x in left_pad(prompts, p, b))
+    if mesh is not None:
+        from reasonrank_jax.training.mesh import batch_sharding
+
+        ids, mask = jax.device_put((ids, mask), batch_sharding(mesh))
     cache_len = -(-(p + max_new_tokens) // 64) * 64
     eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)
     tokens, logprobs, lengths = jax.device_get(_generate(
-        cfg, params, jnp.asarray(ids), jnp.asarray(mask), eos, jax.random.PRNGKey(seed), cache_len=cache_len,
+        cfg, params, ids, mask, eos, jax.random.PRNGKey(seed), cache_len=cache_len,
         max_new_tokens=int(max_new_tokens), sampling=sampling, num_eos=len(eos_ids)))
     outputs = [tokens[row, :lengths[row]].tolist() for row in range(len(prompts))]
     if return_logprobs:
