@@ -7,6 +7,11 @@ and no EOS, so both schedules decode exactly the same tokens; each window's answ
 so rankings depend on the model's outputs and both schedules must produce the same TREC run.
 
     python benchmarks/bench_scheduler.py [--queries 12] [--slots 8] [--median 600] [--min 150] [--max 2000]
+                                         [--max-len N] [--full-cache]
+
+--max-len sizes the KV cache as the rerank CLI does for real prompts (longest prompt bucket + max new tokens, e.g.
+12288 + 3172 for BRIGHT); --full-cache adds a third run of the slot scheduler whose decode chunks attend to the whole
+cache instead of its reachable prefix, to measure what the prefix saves.
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ class LengthControlledEngine:
         return self.engine.has_work()
 
 
+def full_cache_engine(*args, **kwargs):
+    """The engine with prefix attention switched off: every chunk attends to all max_len cache slots."""
+    from reasonrank_jax.inference.engine import DecodeEngine
+
+    engine = DecodeEngine(*args, **kwargs)
+    engine._attend_len = lambda: engine.max_len
+    return engine
+
+
 class TokenPrompter:
     """Prompts are token ids derived from the window's docids; answers are read from the generated token ids."""
 
@@ -53,10 +67,11 @@ class TokenPrompter:
         return "<think>…</think> <answer>" + " > ".join(f"[{i}]" for i in ranked) + "</answer>"
 
 
-def run_schedule(schedule, cfg, params, states, lengths, slots, max_len, max_new):
+def run_schedule(schedule, cfg, params, states, lengths, slots, max_len, max_new, full_cache=False):
     from reasonrank_jax.inference.engine import DecodeEngine
 
-    engine = LengthControlledEngine(DecodeEngine(cfg, params, num_slots=slots, max_len=max_len, eos_ids=[],
+    engine_cls = full_cache_engine if full_cache else DecodeEngine
+    engine = LengthControlledEngine(engine_cls(cfg, params, num_slots=slots, max_len=max_len, eos_ids=[],
                                                  max_new_tokens=max_new, chunk=64), lengths)
     rankings = {}
     start = time.perf_counter()
@@ -73,6 +88,8 @@ def main() -> None:
     parser.add_argument("--min", type=int, default=150)
     parser.add_argument("--max", type=int, default=2000)
     parser.add_argument("--sigma", type=float, default=0.7)
+    parser.add_argument("--max-len", type=int, help="KV cache slots per sequence (default: 64 + --max)")
+    parser.add_argument("--full-cache", action="store_true", help="also time chunks that attend to the whole cache")
     args = parser.parse_args()
 
     from reasonrank_jax.inference.rerank import make_query_state, rerank_barrier, rerank_slots
@@ -92,7 +109,7 @@ def main() -> None:
             draw = rng.lognormal(np.log(args.median), args.sigma)
             lengths[(state.qid, w)] = int(np.clip(draw, args.min, args.max))
     max_new = args.max
-    max_len = 64 + max_new
+    max_len = args.max_len or 64 + max_new
     # Warm-up: compile the engine's programs once, outside the timings.
     run_schedule(rerank_slots, cfg, params, states()[:1], lengths, args.slots, max_len, max_new)
     barrier_time, barrier_run, tokens = run_schedule(rerank_barrier, cfg, params, states(), lengths, args.slots,
@@ -100,12 +117,18 @@ def main() -> None:
     slots_time, slots_run, tokens2 = run_schedule(rerank_slots, cfg, params, states(), lengths, args.slots, max_len,
                                                   max_new)
     values = np.array(list(lengths.values()))
-    print(f"workload: {args.queries} queries x 9 windows, {args.slots} slots, trace lengths median "
-          f"{np.median(values):.0f} (min {values.min()}, max {values.max()}), {tokens} tokens decoded")
+    print(f"workload: {args.queries} queries x 9 windows, {args.slots} slots, KV cache {max_len} slots, trace "
+          f"lengths median {np.median(values):.0f} (min {values.min()}, max {values.max()}), {tokens} tokens decoded")
     print(f"barrier (original schedule): {barrier_time:7.2f} s")
     print(f"slot scheduler (ours):       {slots_time:7.2f} s")
     print(f"speed-up: {barrier_time / slots_time:.2f}x; identical TREC runs: {barrier_run == slots_run}; "
           f"same tokens decoded: {tokens == tokens2}")
+    if args.full_cache:
+        run_schedule(rerank_slots, cfg, params, states()[:1], lengths, args.slots, max_len, max_new, full_cache=True)
+        full_time, full_run, _ = run_schedule(rerank_slots, cfg, params, states(), lengths, args.slots, max_len,
+                                              max_new, full_cache=True)
+        print(f"slot scheduler attending the whole cache: {full_time:7.2f} s; prefix attention saves "
+              f"{full_time / slots_time:.2f}x; identical TREC runs: {full_run == slots_run}")
 
 
 if __name__ == "__main__":
