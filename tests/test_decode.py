@@ -56,6 +56,33 @@ def test_greedy_matches_transformers_token_for_token_on_a_ragged_batch(model_pai
     assert len({tuple(t) for t in ours}) > 1  # not a degenerate model
 
 
+def test_greedy_matches_transformers_across_cache_segments(model_pair, monkeypatch):
+    """A small first segment makes the cache grow twice (64 -> 128 -> 192 slots) during generation; an EOS hit
+    in the first segment still ends the whole loop."""
+    from reasonrank_jax.inference import decode
+
+    monkeypatch.setattr(decode, "FIRST_SEGMENT", 16)
+    assert decode.cache_segments(16, 130) == (64, 128, 192)
+    model, cfg, params = model_pair
+    prompts = _prompts(7, [9, 16, 2])
+    ours = generate(cfg, params, prompts, max_new_tokens=130, eos_ids=[])
+    for prompt, tokens in zip(prompts, ours):
+        assert tokens == _hf_greedy(model, prompt, 130, [])
+    eos = ours[0][20]
+    stopped = generate(cfg, params, prompts, max_new_tokens=130, eos_ids=[eos])
+    for prompt, tokens in zip(prompts, stopped):
+        assert tokens == _hf_greedy(model, prompt, 130, [eos])
+
+
+@pytest.mark.parametrize("prompt_len, max_new, first, expected", [
+    (64, 64, 512, (128,)), (16, 3172, 512, (576, 1088, 2112, 3200)), (8192, 3172, 512, (8704, 9216, 10240, 11392)),
+    (16, 130, 8, (64, 128, 192))])
+def test_cache_segments(prompt_len, max_new, first, expected):
+    from reasonrank_jax.inference.decode import cache_segments
+
+    assert cache_segments(prompt_len, max_new, first) == expected
+
+
 def test_eos_stops_each_sequence_and_is_included(model_pair):
     model, cfg, params = model_pair
     prompts = _prompts(1, [4, 9, 13])
