@@ -180,3 +180,12 @@ def test_rerank_bad_inputs_exit_2_with_one_line(tiny_reranker, tmp_path):
     corpus.write_text('{"_id": "x", "text": "fine"}\n{broken\n')
     result = subprocess.run(base + ["--corpus", str(corpus)], capture_output=True, text=True, env=env)
     assert result.returncode == 2 and f"{corpus}:2" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_rerank_bad_settings_exit_2(tiny_reranker, tmp_path):
+    root = tiny_reranker
+    for extra, message in ((["--window", "0"], "--window must be >= 1"), (["--slots", "0"], "--slots must be >= 1"),
+                           (["--max-len", "64"], "pass a larger --max-len")):
+        result = _rerank(root, tmp_path / "o", *extra)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert message in result.stderr and "Traceback" not in result.stderr

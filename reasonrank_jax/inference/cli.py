@@ -151,12 +151,16 @@ def main(args) -> int:
 
     from reasonrank_jax.eval import load_bright_examples, read_qrels, read_run_lists
     from reasonrank_jax.inference.decode import bucket_length
-    from reasonrank_jax.inference.engine import DecodeEngine
+    from reasonrank_jax.inference.engine import DecodeEngine, PromptTooLong
     from reasonrank_jax.inference.rerank import (WindowPrompter, make_query_state, rerank_barrier, rerank_slots,
                                                  trec_lines)
     from reasonrank_jax.models import load_pretrained
     from reasonrank_jax.text import SAMPLING_DEFAULTS, eos_token_ids, load_tokenizer
 
+    for name in ("window", "step", "top", "slots", "max_new_tokens", "max_len", "max_passage_length", "max_queries"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     started = time.perf_counter()
     run = read_run_lists(args.run)
     qrels = None
@@ -220,7 +224,10 @@ def main(args) -> int:
             done[state.qid] = record
 
         schedule = rerank_slots if args.scheduler == "slots" else rerank_barrier
-        schedule(engine, states, prompter, on_window=on_window, on_query_done=on_query_done)
+        try:
+            schedule(engine, states, prompter, on_window=on_window, on_query_done=on_query_done)
+        except PromptTooLong as err:  # finished queries are kept in done.jsonl: rerun with a larger cache
+            raise InputError(f"{err}; pass a larger --max-len (finished queries are kept)") from None
 
     with open(os.path.join(args.out, "run.trec"), "w", encoding="utf-8") as f:
         for qid in qids:

@@ -29,6 +29,10 @@ from reasonrank_jax.models.config import ModelConfig
 from reasonrank_jax.models.transformer import forward_cached, init_cache
 
 
+class PromptTooLong(ValueError):
+    """A prompt's bucket plus its new tokens does not fit the engine's cache rows (max_len)."""
+
+
 class Finished(NamedTuple):
     request_id: Any
     tokens: list[int]  # new tokens, including the EOS that ended the request (if one did)
@@ -141,7 +145,7 @@ class DecodeEngine:
         if not prompt_ids:
             raise ValueError("empty prompt")
         if bucket_length(len(prompt_ids)) + limit > self.max_len:
-            raise ValueError(f"prompt of {len(prompt_ids)} tokens (bucket {bucket_length(len(prompt_ids))}) + "
+            raise PromptTooLong(f"prompt of {len(prompt_ids)} tokens (bucket {bucket_length(len(prompt_ids))}) + "
                              f"{limit} new tokens does not fit max_len={self.max_len}")
         self._queue.append((request_id, list(prompt_ids), limit))
 
