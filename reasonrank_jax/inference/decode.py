@@ -3,9 +3,9 @@
 The KV cache lives inside the program (created, updated in place and dropped there); no host round trip per token;
 the loop ends as soon as every sequence has produced an EOS or `max_new_tokens`. Every decode step reads the whole
 cache it attends to, so the cache grows with the output: it starts at prompt + FIRST_SEGMENT slots and doubles the
-output room (one copy) each time the loop reaches its end, up to prompt + max_new_tokens; a run that stops early
-(reasoning traces of ~750 tokens under a 3172-token cap) never attends to the room it did not use. Prompts are left-padded to a bucket
-length (a power of two, at least 16), so a run compiles a handful of programs, not one per batch.
+output room (one copy, then a while_loop per segment) up to prompt + max_new_tokens; a run that stops early
+(reasoning traces of ~750 tokens under a 3172-token cap) never attends to room it did not use. Prompts are
+left-padded to a length bucket (`bucket_length`), so a run compiles a handful of programs, not one per batch.
 """
 
 from __future__ import annotations
@@ -130,8 +130,9 @@ def generate(cfg: ModelConfig, params, prompts: list[list[int]], max_new_tokens:
 
     temperature 0 is greedy. return_logprobs=True also returns each token's log-probability under the model
     (raw logits, temperature 1). The batch is padded to a power of two, prompts to a length bucket
-    (`bucket_length`); the cache grows in segments (`cache_segments`) up to bucket + max_new_tokens slots. With a `mesh` ("data", "fsdp", "tensor"), the batch (and so the KV cache)
-    is split over the data-parallel axes ("data", "fsdp"); place params with `training.mesh.shard_params`.
+    (`bucket_length`); the cache grows in segments (`cache_segments`) up to bucket + max_new_tokens slots.
+    With a `mesh` ("data", "fsdp", "tensor"), the batch (and so the KV cache) is split over the data-parallel axes
+    ("data", "fsdp"); place params with `training.mesh.shard_params`.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
