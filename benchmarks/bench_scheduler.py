@@ -7,14 +7,15 @@ and no EOS, so both schedules decode exactly the same tokens; each window's answ
 so rankings depend on the model's outputs and both schedules must produce the same TREC run.
 
     python benchmarks/bench_scheduler.py [--queries 12] [--slots 8] [--median 600] [--min 150] [--max 2000]
-                                         [--max-len N] [--full-cache]
+                                         [--prompt 64] [--intermediate 128] [--max-len N] [--full-cache]
 
 The engine's decode chunks attend to the reachable cache prefix, whose length is set by the deepest slot: the slot
 scheduler always has some slot deep into a trace, while a barrier wave starts all its slots together, so when KV
-reads dominate a step (this tiny model) prefix attention helps the barrier more. --full-cache also times both
-schedules attending to the whole cache (constant step cost: the comparison then isolates scheduling, which is the
-regime of a 7B model whose step is dominated by reading its weights). --max-len sizes the KV cache as the rerank CLI
-does (longest prompt bucket + max new tokens, e.g. 12288 + 3172 for BRIGHT).
+reads dominate a step (the default tiny model) prefix attention helps the barrier more. --full-cache also times both
+schedules attending to the whole cache (constant step cost, so the comparison isolates scheduling).
+--intermediate 16384 widens the tiny model's MLP so that reading weights dominates a decode step, the cost profile
+of a 7B model. --max-len sizes the KV cache as the rerank CLI does (longest prompt bucket + max new tokens, e.g.
+12288 + 3172 for BRIGHT).
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ def main() -> None:
     parser.add_argument("--min", type=int, default=150)
     parser.add_argument("--max", type=int, default=2000)
     parser.add_argument("--sigma", type=float, default=0.7)
+    parser.add_argument("--intermediate", type=int, default=128,
+                        help="MLP width of the tiny model; e.g. 16384 makes reading weights dominate a decode step "
+                             "(like a 7B model) instead of reading the KV cache")
     parser.add_argument("--prompt", type=int, default=64, help="prompt tokens per window (BRIGHT: thousands)")
     parser.add_argument("--max-len", type=int, help="KV cache slots per sequence (default: prompt bucket + --max)")
     parser.add_argument("--full-cache", action="store_true", help="also time chunks that attend to the whole cache")
@@ -120,7 +124,7 @@ def main() -> None:
     from reasonrank_jax.models import ModelConfig, init_params
 
     cfg = ModelConfig(model_type="qwen2", vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                      head_dim=16, intermediate_size=128, qkv_bias=True)
+                      head_dim=16, intermediate_size=args.intermediate, qkv_bias=True)
     params = init_params(cfg)
     rng = np.random.default_rng(0)
 
