@@ -94,13 +94,16 @@ def run_schedule(schedule, cfg, params, states, lengths, slots, max_len, max_new
     engine_cls = full_cache_engine if full_cache else DecodeEngine
     decoder = engine_cls(cfg, params, num_slots=slots, max_len=max_len, eos_ids=[], max_new_tokens=max_new, chunk=64)
     warm_up(decoder, prompt, max_new)
-    decoder.tokens_in = decoder.tokens_out = 0
+    decoder.tokens_in = decoder.tokens_out = decoder.decode_steps = decoder.attended_slots = 0
     engine = LengthControlledEngine(decoder, lengths)
     rankings = {}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     schedule(engine, states, TokenPrompter(cfg.vocab_size, prompt),
              on_query_done=lambda s: rankings.__setitem__(s.qid, s.final_ranking()))
-    return time.perf_counter() - start, rankings, engine.engine.tokens_out
+    decoder.tokens_in = decoder.tokens_out = 0
+    stats = {"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu_start,
+             "steps": decoder.decode_steps, "attend": decoder.attended_slots / max(decoder.decode_steps, 1)}
+    return stats, rankings, engine.engine.tokens_out
 
 
 def main() -> None:
@@ -142,23 +145,34 @@ def main() -> None:
         return run_schedule(schedule, cfg, params, states(), lengths, args.slots, max_len, max_new, args.prompt,
                             full_cache)
 
-    barrier_time, barrier_run, tokens = timed(rerank_barrier)
-    slots_time, slots_run, tokens2 = timed(rerank_slots)
+    barrier, barrier_run, tokens = timed(rerank_barrier)
+    slots, slots_run, tokens2 = timed(rerank_slots)
     values = np.array(list(lengths.values()))
     print(f"workload: {args.queries} queries x 9 windows, {args.prompt}-token prompts, {args.slots} slots, KV cache "
           f"{max_len} slots, trace lengths median {np.median(values):.0f} (min {values.min()}, max {values.max()}), "
-          f"{tokens} tokens decoded")
-    print(f"barrier (original schedule): {barrier_time:7.2f} s")
-    print(f"slot scheduler (ours):       {slots_time:7.2f} s")
-    print(f"speed-up: {barrier_time / slots_time:.2f}x; identical TREC runs: {barrier_run == slots_run}; "
+          f"{tokens} tokens decoded; model d{cfg.hidden_size} f{cfg.intermediate_size}, load average "
+          f"{os.getloadavg()[0]:.1f}")
+
+    def row(name, stats):
+        print(f"{name:40s} {stats['wall']:7.2f} s wall {stats['cpu']:7.2f} s cpu {stats['steps']:6d} decode steps, "
+              f"mean attended cache {stats['attend']:6.0f} slots")
+
+    def ratios(a, b):
+        return (f"{a['wall'] / b['wall']:.2f}x wall, {a['cpu'] / b['cpu']:.2f}x cpu, "
+                f"{a['steps'] / b['steps']:.2f}x steps")
+
+    row("barrier (original schedule)", barrier)
+    row("slot scheduler (ours)", slots)
+    print(f"speed-up: {ratios(barrier, slots)}; identical TREC runs: {barrier_run == slots_run}; "
           f"same tokens decoded: {tokens == tokens2}")
     if args.full_cache:
         full_barrier, run_a, _ = timed(rerank_barrier, full_cache=True)
         full_slots, run_b, _ = timed(rerank_slots, full_cache=True)
-        print(f"attending the whole cache: barrier {full_barrier:7.2f} s, slot scheduler {full_slots:7.2f} s, "
-              f"speed-up {full_barrier / full_slots:.2f}x (identical TREC runs: {run_a == run_b == slots_run}); "
-              f"prefix attention saves {full_barrier / barrier_time:.2f}x (barrier), {full_slots / slots_time:.2f}x "
-              f"(slots)")
+        row("barrier, attending the whole cache", full_barrier)
+        row("slot scheduler, attending the whole cache", full_slots)
+        print(f"whole cache: speed-up {ratios(full_barrier, full_slots)}; identical TREC runs: "
+              f"{run_a == run_b == slots_run}; prefix attention saves {full_barrier['wall'] / barrier['wall']:.2f}x "
+              f"(barrier), {full_slots['wall'] / slots['wall']:.2f}x (slots) wall")
 
 if __name__ == "__main__":
     main()

@@ -137,6 +137,7 @@ class DecodeEngine:
         self._start = np.zeros(num_slots, np.int64)  # cache slot of each slot's first generated token (its bucket)
         self._count = np.zeros(num_slots, np.int64)  # tokens generated, as of the last sync
         self.tokens_in = self.tokens_out = 0
+        self.decode_steps = self.attended_slots = 0  # batched decode steps run; sum of their attended cache lengths
 
     def submit(self, request_id, prompt_ids: list[int], max_new_tokens: int | None = None) -> None:
         limit = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
@@ -207,7 +208,11 @@ class DecodeEngine:
         self._admit_waiting()
         finished = self._collect()  # requests that ended at their first token
         if any(r is not None for r in self._slot_request) and not finished:
+            count_before, attend_len = self._count.copy(), self._attend_len()
             self._state = _decode_chunk(self.cfg, self.params, self._state, self._eos, self._next_key(),
-                                        sampling=self.sampling, chunk=self.chunk, attend_len=self._attend_len())
+                                        sampling=self.sampling, chunk=self.chunk, attend_len=attend_len)
             finished = self._collect()
+            steps = int(np.max(self._count - count_before))
+            self.decode_steps += steps
+            self.attended_slots += steps * attend_len
         return finished
