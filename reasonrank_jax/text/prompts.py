@@ -73,9 +73,8 @@ def passage_content(tokenizer, passage: dict, max_passage_length: int) -> str:
     title = doc.get("title")
     content = f"Title: {title} Content: {text}" if title else str(text)
     content = ftfy.fix_text(content.strip())
-    tokens = tokenizer.tokenize(content)
-    if len(tokens) > max_passage_length:
-        content = tokenizer.convert_tokens_to_string(tokens[:max_passage_length])
+    # Always the tokenizer round trip, as the original: it also applies the tokenizer's normaliser (Qwen2: NFC).
+    content = tokenizer.convert_tokens_to_string(tokenizer.tokenize(content)[:max_passage_length])
     return _rewrite_brackets(content)
 
 
