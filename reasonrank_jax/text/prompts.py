@@ -10,6 +10,8 @@ import re
 
 import ftfy
 
+from reasonrank_jax.errors import InputError
+
 MODES = ("rank_GPT_reasoning", "rank_GPT_qwen3", "rank_GPT")
 
 PLAIN_SYSTEM = "You are RankLLM, an intelligent assistant that can rank passages based on their relevance to the query."
@@ -82,7 +84,7 @@ def build_messages(tokenizer, query: str, passages: list[dict], mode: str = "ran
                    max_passage_length: int = 512) -> list[dict]:
     """The chat messages [system, user] of one window."""
     if mode not in MODES:
-        raise ValueError(f"unknown prompt mode {mode!r} (known: {', '.join(MODES)})")
+        raise InputError(f"unknown prompt mode {mode!r} (known: {', '.join(MODES)})", field="mode")
     query = clean_query(query)
     num = len(passages)
     lines = "".join(f"[{i}] {passage_content(tokenizer, p, max_passage_length)}\n"
