@@ -2,14 +2,17 @@
 greedy, on this machine's CPU, measured side by side in one run. Also the fraction of the memory-bandwidth roofline
 (weights + KV cache bytes read per decode step, against a measured copy bandwidth) that our decoder reaches.
 
-    python benchmarks/bench_decode.py [--sizes tiny small] [--batches 1 8 32] [--new-tokens 64] [--prompt 64]
+    python benchmarks/bench_decode.py [--sizes tiny small] [--batches 1 8 32] [--lengths 64:64 256:512]
 
-Prints one row per (model, batch): new tokens/s for both, the ratio, and the roofline fraction.
+--lengths are PROMPT:NEW token counts. Prints one row per (model, lengths, batch): new tokens/s for both, the ratio,
+and the roofline fraction. The machine's load average is printed too: other processes skew torch (whose OpenMP
+threads spin-wait) far more than XLA, so compare figures from a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 import time
@@ -66,50 +69,52 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=list(SIZES))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
-    parser.add_argument("--prompt", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--lengths", nargs="+", default=["64:64"], help="PROMPT:NEW token counts")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     import torch
 
     from reasonrank_jax.inference import generate
-    from reasonrank_jax.inference.decode import bucket_length
+    from reasonrank_jax.inference.decode import bucket_length, cache_segments
     from reasonrank_jax.models import load_pretrained
 
     torch.set_num_threads(os.cpu_count() or 1)
     bandwidth = copy_bandwidth_gbs()
-    print(f"machine: {os.cpu_count()} cores, copy bandwidth {bandwidth:.1f} GB/s; torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}; prompt {args.prompt} tokens, {args.new_tokens} new tokens, greedy, fp32")
-    print(f"{'model':8s} {'params':>8s} {'batch':>5s} {'ours tok/s':>11s} {'hf tok/s':>9s} {'ratio':>6s} "
-          f"{'roofline':>8s}")
+    lengths = [tuple(int(n) for n in pair.split(":")) for pair in args.lengths]
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, copy bandwidth {bandwidth:.1f} "
+          f"GB/s; torch {torch.__version__}, threads {torch.get_num_threads()}; greedy, fp32")
+    print(f"{'model':8s} {'params':>8s} {'prompt':>6s} {'new':>5s} {'batch':>5s} {'ours tok/s':>11s} {'hf tok/s':>9s} "
+          f"{'ratio':>6s} {'roofline':>8s}")
     for size in args.sizes:
         with tempfile.TemporaryDirectory() as path:
             model = build_model(size, path)
             cfg, params = load_pretrained(path)
-            weight_bytes = cfg.num_params() * 4
+            # bytes of weights a decode step reads: all but the (untied) embedding table, of which it gathers a row
+            weight_bytes = (cfg.num_params() - cfg.vocab_size * cfg.hidden_size) * 4
             rng = np.random.default_rng(0)
-            for batch in args.batches:
-                prompts = rng.integers(0, cfg.vocab_size, (batch, args.prompt))
-                ours = best_of(lambda: generate(cfg, params, prompts.tolist(), args.new_tokens, eos_ids=[]),
+            for (prompt_len, new_tokens), batch in itertools.product(lengths, args.batches):
+                prompts = rng.integers(0, cfg.vocab_size, (batch, prompt_len))
+                ours = best_of(lambda: generate(cfg, params, prompts.tolist(), new_tokens, eos_ids=[]),
                                args.repeats)
                 ids = torch.tensor(prompts)
 
                 def hf():
                     with torch.no_grad():
-                        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
-                                       min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+                        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
 
                 theirs = best_of(hf, args.repeats)
-                new = batch * args.new_tokens
-                # per decode step: all weights once + the whole cache (bucketed length) for every sequence
-                cache_slots = -(-(bucket_length(args.prompt) + args.new_tokens) // 64) * 64
-                kv_bytes = 2 * cfg.num_layers * batch * cfg.num_kv_heads * cache_slots * cfg.head_dim * 4
-                step_time = ours / args.new_tokens
+                new = batch * new_tokens
+                # per decode step: all weights once + the cache segment attended at that step, every sequence
+                p = bucket_length(prompt_len)
+                segments = cache_segments(p, new_tokens)
+                slots_read = sum(next(size for size in segments if p + step <= size) for step in range(new_tokens))
+                kv_bytes = 2 * cfg.num_layers * batch * cfg.num_kv_heads * cfg.head_dim * 4 * slots_read / new_tokens
+                step_time = ours / new_tokens
                 roofline = (weight_bytes + kv_bytes) / step_time / 1e9 / bandwidth
-                print(f"{size:8s} {cfg.num_params() / 1e6:7.1f}M {batch:5d} {new / ours:11.1f} {new / theirs:9.1f} "
-                      f"{theirs / ours:5.2f}x {roofline:7.0%}", flush=True)
-
+                print(f"{size:8s} {cfg.num_params() / 1e6:7.1f}M {prompt_len:6d} {new_tokens:5d} {batch:5d} "
+                      f"{new / ours:11.1f} {new / theirs:9.1f} {theirs / ours:5.2f}x {roofline:7.0%}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
 
 from reasonrank_jax.inference import generate
-from reasonrank_jax.inference.engine import DecodeEngine
+from reasonrank_jax.inference.decode import bucket_length
+from reasonrank_jax.inference.engine import DecodeEngine, attend_bucket
 from reasonrank_jax.inference.sampling import SamplingParams, filtered_logits, next_token
 from reasonrank_jax.models import load_pretrained
 
@@ -53,6 +54,33 @@ def test_greedy_matches_transformers_token_for_token_on_a_ragged_batch(model_pai
         assert len(tokens) == 24
         assert tokens == _hf_greedy(model, prompt, 24, [])
     assert len({tuple(t) for t in ours}) > 1  # not a degenerate model
+
+
+def test_greedy_matches_transformers_across_cache_segments(model_pair, monkeypatch):
+    """A small first segment makes the cache grow twice (64 -> 128 -> 192 slots) during generation; an EOS hit
+    in the first segment still ends the whole loop."""
+    from reasonrank_jax.inference import decode
+
+    monkeypatch.setattr(decode, "FIRST_SEGMENT", 16)
+    assert decode.cache_segments(16, 130) == (64, 128, 192)
+    model, cfg, params = model_pair
+    prompts = _prompts(7, [9, 16, 2])
+    ours = generate(cfg, params, prompts, max_new_tokens=130, eos_ids=[])
+    for prompt, tokens in zip(prompts, ours):
+        assert tokens == _hf_greedy(model, prompt, 130, [])
+    eos = ours[0][20]
+    stopped = generate(cfg, params, prompts, max_new_tokens=130, eos_ids=[eos])
+    for prompt, tokens in zip(prompts, stopped):
+        assert tokens == _hf_greedy(model, prompt, 130, [eos])
+
+
+@pytest.mark.parametrize("prompt_len, max_new, first, expected", [
+    (64, 64, 512, (128,)), (16, 3172, 512, (576, 1088, 2112, 3200)), (8192, 3172, 512, (8704, 9216, 10240, 11392)),
+    (16, 130, 8, (64, 128, 192))])
+def test_cache_segments(prompt_len, max_new, first, expected):
+    from reasonrank_jax.inference.decode import cache_segments
+
+    assert cache_segments(prompt_len, max_new, first) == expected
 
 
 def test_eos_stops_each_sequence_and_is_included(model_pair):
@@ -115,16 +143,26 @@ def test_sampling_frequencies_match_the_softmax():
                                [0.4 / 0.9, 0.3 / 0.9, 0.2 / 0.9, 0, 0], atol=0.015)
 
 
-def test_engine_matches_generate_with_refills_and_per_request_limits(model_pair):
+@pytest.mark.parametrize("max_len, long_prompts", [(64, []), (1100, [250, 300])])
+def test_engine_matches_generate_with_refills_and_per_request_limits(model_pair, max_len, long_prompts, monkeypatch):
+    """max_len 1100: chunks attend to a prefix of the cache (256, 384 or 768 slots) that grows and shrinks as long
+    prompts come and go."""
+    from reasonrank_jax.inference import engine as engine_module
+
+    attend_lens = []
+    decode_chunk = engine_module._decode_chunk
+    monkeypatch.setattr(engine_module, "_decode_chunk",
+                        lambda *a, **kw: attend_lens.append(kw["attend_len"]) or decode_chunk(*a, **kw))
     _, cfg, params = model_pair
     rng = np.random.default_rng(5)
-    prompts = _prompts(6, rng.integers(1, 30, 9))
-    limits = [int(x) for x in rng.integers(1, 25, 9)]
+    prompts = _prompts(6, list(rng.integers(1, 30, 9)) + long_prompts)
+    n = len(prompts)
+    limits = [int(x) for x in rng.integers(1, 25, n)]
     free_running = generate(cfg, params, prompts[:1], 25, [])[0]
     eos = [free_running[3]]
     # greedy with a limit of n is the first n tokens of the longer run (which stops at EOS anyway)
     expected = [tokens[:n] for tokens, n in zip(generate(cfg, params, prompts, 25, eos), limits)]
-    engine = DecodeEngine(cfg, params, num_slots=3, max_len=64, eos_ids=eos, max_new_tokens=32, chunk=6)
+    engine = DecodeEngine(cfg, params, num_slots=3, max_len=max_len, eos_ids=eos, max_new_tokens=32, chunk=6)
     for i, (prompt, limit) in enumerate(zip(prompts, limits)):
         engine.submit(i, prompt, limit)
     got = {}
@@ -133,10 +171,14 @@ def test_engine_matches_generate_with_refills_and_per_request_limits(model_pair)
             assert finished.request_id not in got
             got[finished.request_id] = finished.tokens
             assert finished.prompt_len == len(prompts[finished.request_id])
-    assert [got[i] for i in range(9)] == expected
+    assert [got[i] for i in range(n)] == expected
     assert engine.tokens_out == sum(map(len, expected)) and engine.tokens_in == sum(map(len, prompts))
+    if max_len == 64:
+        assert set(attend_lens) == {64}
+    else:
+        assert {256, 768} <= set(attend_lens) <= {256, 384, 768}
     with pytest.raises(ValueError, match="max_len"):
-        engine.submit("too long", list(range(60)), 10)
+        engine.submit("too long", list(range(max_len - 4)), 10)
 
 
 def test_generate_with_the_batch_sharded_over_a_mesh(model_pair):
@@ -149,3 +191,15 @@ def test_generate_with_the_batch_sharded_over_a_mesh(model_pair):
     prompts = _prompts(8, [5, 12, 3])
     expected = generate(cfg, params, prompts, 10, [])
     assert generate(cfg, shard_params(mesh, params), prompts, 10, [], mesh=mesh) == expected
+
+
+@pytest.mark.parametrize("n, expected", [(1, 16), (16, 16), (17, 32), (1000, 1024), (1024, 1024), (1025, 1280),
+                                         (2048, 2048), (2049, 2560), (9000, 10240), (12289, 14336), (16385, 20480)])
+def test_prompt_buckets_are_powers_of_two_then_quarter_octaves(n, expected):
+    assert bucket_length(n) == expected
+
+
+@pytest.mark.parametrize("n, expected", [(1, 256), (257, 384), (385, 512), (513, 768), (769, 1024), (5000, 6144),
+                                         (19556, 24576)])
+def test_attend_buckets_are_powers_of_two_and_one_and_a_half_times(n, expected):
+    assert attend_bucket(n) == expected

@@ -1,8 +1,11 @@
 """Batch generation: one jitted program per (batch, prompt, cache) bucket = prefill + a `lax.while_loop` decode loop.
 
 The KV cache lives inside the program (created, updated in place and dropped there); no host round trip per token;
-the loop ends as soon as every sequence has produced an EOS or `max_new_tokens`. Prompts are left-padded to a bucket
-length (a power of two, at least 16), so a run compiles a handful of programs, not one per batch.
+the loop ends as soon as every sequence has produced an EOS or `max_new_tokens`. Every decode step reads the whole
+cache it attends to, so the cache grows with the output: it starts at prompt + FIRST_SEGMENT slots and doubles the
+output room (one copy, then a while_loop per segment) up to prompt + max_new_tokens; a run that stops early
+(reasoning traces of ~750 tokens under a 3172-token cap) never attends to room it did not use. Prompts are
+left-padded to a length bucket (`bucket_length`), so a run compiles a handful of programs, not one per batch.
 """
 
 from __future__ import annotations
@@ -19,11 +22,19 @@ from reasonrank_jax.models.config import ModelConfig
 from reasonrank_jax.models.transformer import forward_cached, init_cache
 
 MIN_BUCKET = 16
+FIRST_SEGMENT = 512  # output room of the first cache segment, doubled per segment
+FINE_ABOVE = 1024
 
 
 def bucket_length(n: int, minimum: int = MIN_BUCKET) -> int:
-    """The smallest power of two >= max(n, minimum)."""
-    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+    """The length bucket of n: powers of two up to 1024, then four steps per octave (1280, 1536, 1792, 2048, 2560,
+    ...), so a long prompt wastes at most 25% on padding (a 9k-token window prompt pads to 10240, not 16384) while a
+    run still compiles only a few programs per octave."""
+    n = max(n, minimum, 1)
+    if n <= FINE_ABOVE:
+        return 1 << math.ceil(math.log2(n))
+    step = 1 << (math.floor(math.log2(n - 1)) - 2)
+    return -(-n // step) * step
 
 
 def left_pad(prompts: list[list[int]], length: int, batch: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -35,6 +46,19 @@ def left_pad(prompts: list[list[int]], length: int, batch: int, pad_id: int = 0)
             ids[row, length - len(prompt):] = prompt
             mask[row, length - len(prompt):] = 1
     return ids, mask
+
+
+def cache_segments(prompt_len: int, max_new_tokens: int, first: int | None = None) -> tuple[int, ...]:
+    """Growing cache sizes (multiples of 64) for a prompt bucket and an output cap; the last holds everything."""
+    first = FIRST_SEGMENT if first is None else first
+    round64 = lambda n: -(-n // 64) * 64  # noqa: E731
+    total = round64(prompt_len + max_new_tokens)
+    sizes, room = [], first
+    while round64(prompt_len + room) < total:
+        if not sizes or round64(prompt_len + room) > sizes[-1]:
+            sizes.append(round64(prompt_len + room))
+        room *= 2
+    return (*sizes, total)
 
 
 def prefill(cfg: ModelConfig, params, ids_bp, mask_bp, cache_len: int, key, sampling: SamplingParams):
@@ -52,11 +76,12 @@ def prefill(cfg: ModelConfig, params, ids_bp, mask_bp, cache_len: int, key, samp
     return cache, kv_mask_bs, token_b, logprob_b, jnp.sum(mask_bp, axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "cache_len", "max_new_tokens", "sampling", "num_eos"))
-def _generate(cfg, params, ids_bp, mask_bp, eos_e, key, *, cache_len, max_new_tokens, sampling, num_eos):
+@functools.partial(jax.jit, static_argnames=("cfg", "cache_lens", "max_new_tokens", "sampling", "num_eos"))
+def _generate(cfg, params, ids_bp, mask_bp, eos_e, key, *, cache_lens, max_new_tokens, sampling, num_eos):
     b, p = ids_bp.shape
     key, first_key = jax.random.split(key)
-    cache, kv_mask, token, logprob, position = prefill(cfg, params, ids_bp, mask_bp, cache_len, first_key, sampling)
+    cache, kv_mask, token, logprob, position = prefill(cfg, params, ids_bp, mask_bp, cache_lens[0], first_key,
+                                                      sampling)
     live = jnp.any(mask_bp, axis=1)  # padding rows of the batch bucket are finished from the start
     tokens_bn = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(token)
     logprobs_bn = jnp.zeros((b, max_new_tokens), jnp.float32).at[:, 0].set(logprob)
@@ -64,9 +89,11 @@ def _generate(cfg, params, ids_bp, mask_bp, eos_e, key, *, cache_len, max_new_to
     done = ~live | is_eos
     lengths = jnp.where(live, 1, 0)
 
-    def cond(state):
-        step, _, _, _, _, done, *_ = state
-        return (step < max_new_tokens) & ~jnp.all(done)
+    def cond(end_step):
+        def until(state):
+            step, _, _, _, _, done, *_ = state
+            return (step < end_step) & ~jnp.all(done)
+        return until
 
     def body(state):
         step, cache, kv_mask, tokens_bn, logprobs_bn, done, lengths, position, key = state
@@ -84,7 +111,14 @@ def _generate(cfg, params, ids_bp, mask_bp, eos_e, key, *, cache_len, max_new_to
         return step + 1, cache, kv_mask, tokens_bn, logprobs_bn, done, lengths, position + 1, key
 
     state = (jnp.int32(1), cache, kv_mask, tokens_bn, logprobs_bn, done, lengths, position, key)
-    state = jax.lax.while_loop(cond, body, state)
+    for i, size in enumerate(cache_lens):
+        if i:  # more room: copy the cache into a larger one (once per segment, not per token)
+            step, cache, kv_mask, *rest = state
+            grow = size - cache_lens[i - 1]
+            cache = {n: jnp.pad(c, [(0, 0)] * 3 + [(0, grow), (0, 0)]) for n, c in cache.items()}
+            state = (step, cache, jnp.pad(kv_mask, [(0, 0), (0, grow)]), *rest)
+        # step s writes its input token at slot p + s - 1, which must lie inside this segment
+        state = jax.lax.while_loop(cond(min(max_new_tokens, size - p + 1)), body, state)
     _, _, _, tokens_bn, logprobs_bn, _, lengths, _, _ = state
     return tokens_bn, logprobs_bn, lengths
 
@@ -95,9 +129,10 @@ def generate(cfg: ModelConfig, params, prompts: list[list[int]], max_new_tokens:
     """New tokens per prompt, up to and including the first EOS (eos_ids=[] never stops early).
 
     temperature 0 is greedy. return_logprobs=True also returns each token's log-probability under the model
-    (raw logits, temperature 1). The batch is padded to a power of two, prompts to a power-of-two bucket; the cache
-    holds bucket + max_new_tokens slots. With a `mesh` ("data", "fsdp", "tensor"), the batch (and so the KV cache)
-    is split over the data-parallel axes ("data", "fsdp"); place params with `training.mesh.shard_params`.
+    (raw logits, temperature 1). The batch is padded to a power of two, prompts to a length bucket
+    (`bucket_length`); the cache grows in segments (`cache_segments`) up to bucket + max_new_tokens slots.
+    With a `mesh` ("data", "fsdp", "tensor"), the batch (and so the KV cache) is split over the data-parallel axes
+    ("data", "fsdp"); place params with `training.mesh.shard_params`.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
@@ -115,10 +150,9 @@ def generate(cfg: ModelConfig, params, prompts: list[list[int]], max_new_tokens:
         from reasonrank_jax.training.mesh import batch_sharding
 
         ids, mask = jax.device_put((ids, mask), batch_sharding(mesh))
-    cache_len = -(-(p + max_new_tokens) // 64) * 64
     eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)
     tokens, logprobs, lengths = jax.device_get(_generate(
-        cfg, params, ids, mask, eos, jax.random.PRNGKey(seed), cache_len=cache_len,
+        cfg, params, ids, mask, eos, jax.random.PRNGKey(seed), cache_lens=cache_segments(p, max_new_tokens),
         max_new_tokens=int(max_new_tokens), sampling=sampling, num_eos=len(eos_ids)))
     outputs = [tokens[row, :lengths[row]].tolist() for row in range(len(prompts))]
     if return_logprobs:

@@ -6,7 +6,10 @@ Device state (one pytree, donated to every call, so the cache is updated in plac
   active [slots]   count [slots] (tokens generated)   limit [slots] (max new tokens)   tokens [slots, max_new_tokens]
 Two jitted programs: `_admit` (prefill a bucket of new prompts and insert them into free slots) and `_decode_chunk`
 (a `lax.while_loop` of up to `chunk` decode steps that returns early when a slot finishes, so it is refilled at once).
-The host syncs once per chunk, never per token. A request's output depends only on its prompt (and, when sampling,
+The host syncs once per chunk, never per token. A chunk attends only to the cache prefix that its slots can reach
+(`attend_len`, the furthest write position + chunk, bucketed to powers of two and 1.5x steps): the cache is sized for
+the longest prompt + max_new_tokens, but typical windows use a fraction of it, and every decode step reads the KV
+it attends to. A request's output depends only on its prompt (and, when sampling,
 on the engine's key stream), not on which requests share the batch.
 """
 
@@ -24,6 +27,10 @@ from reasonrank_jax.inference.decode import bucket_length, left_pad, prefill
 from reasonrank_jax.inference.sampling import SamplingParams, next_token
 from reasonrank_jax.models.config import ModelConfig
 from reasonrank_jax.models.transformer import forward_cached, init_cache
+
+
+class PromptTooLong(ValueError):
+    """A prompt's bucket plus its new tokens does not fit the engine's cache rows (max_len)."""
 
 
 class Finished(NamedTuple):
@@ -57,10 +64,24 @@ def _admit(cfg, params, state, ids_bp, mask_bp, rows_b, limits_b, eos_e, key, *,
     return state
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sampling", "chunk"), donate_argnums=(2,))
-def _decode_chunk(cfg, params, state, eos_e, key, *, sampling, chunk):
-    num_slots = state["active"].shape[0]
+def attend_bucket(n: int, minimum: int = 256) -> int:
+    """Smallest of 2^m and 1.5 * 2^m that is >= n (at most a third wasted, about two programs per octave)."""
+    size = minimum
+    while size < n:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size // 3 * 4
+    return size
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling", "chunk", "attend_len"), donate_argnums=(2,))
+def _decode_chunk(cfg, params, state, eos_e, key, *, sampling, chunk, attend_len):
+    """Up to `chunk` decode steps over cache slots [0, attend_len); no slot may write at or past attend_len."""
+    num_slots, max_len = state["kv_mask"].shape
     rows = jnp.arange(num_slots)
+    full = state
+    if attend_len < max_len:  # decode on a copy of the reachable prefix; write it back once at the end
+        state = {**state, "cache": {n: jax.lax.slice_in_dim(c, 0, attend_len, axis=3)
+                                    for n, c in state["cache"].items()},
+                 "kv_mask": state["kv_mask"][:, :attend_len]}
 
     def cond(carry):
         step, finished_any, state, _ = carry
@@ -88,6 +109,10 @@ def _decode_chunk(cfg, params, state, eos_e, key, *, sampling, chunk):
         return step + 1, finished_any | jnp.any(finished), state, key
 
     _, _, state, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), jnp.bool_(False), state, key))
+    if attend_len < max_len:
+        state = {**state, "cache": {n: jax.lax.dynamic_update_slice_in_dim(full["cache"][n], c, 0, axis=3)
+                                    for n, c in state["cache"].items()},
+                 "kv_mask": jax.lax.dynamic_update_slice_in_dim(full["kv_mask"], state["kv_mask"], 0, axis=1)}
     return state
 
 
@@ -109,6 +134,8 @@ class DecodeEngine:
             "count": zeros(), "limit": zeros(), "tokens": jnp.zeros((num_slots, max_new_tokens), jnp.int32)}
         self._queue: collections.deque = collections.deque()
         self._slot_request: list[tuple[Any, int] | None] = [None] * num_slots
+        self._start = np.zeros(num_slots, np.int64)  # cache slot of each slot's first generated token (its bucket)
+        self._count = np.zeros(num_slots, np.int64)  # tokens generated, as of the last sync
         self.tokens_in = self.tokens_out = 0
 
     def submit(self, request_id, prompt_ids: list[int], max_new_tokens: int | None = None) -> None:
@@ -118,7 +145,7 @@ class DecodeEngine:
         if not prompt_ids:
             raise ValueError("empty prompt")
         if bucket_length(len(prompt_ids)) + limit > self.max_len:
-            raise ValueError(f"prompt of {len(prompt_ids)} tokens (bucket {bucket_length(len(prompt_ids))}) + "
+            raise PromptTooLong(f"prompt of {len(prompt_ids)} tokens (bucket {bucket_length(len(prompt_ids))}) + "
                              f"{limit} new tokens does not fit max_len={self.max_len}")
         self._queue.append((request_id, list(prompt_ids), limit))
 
@@ -148,6 +175,7 @@ class DecodeEngine:
         for i, (request_id, prompt, limit) in enumerate(batch):
             rows[i], limits[i] = free[i], limit
             self._slot_request[free[i]] = (request_id, len(prompt))
+            self._start[free[i]] = p
             self.tokens_in += len(prompt)
         self._state = _admit(self.cfg, self.params, self._state, jnp.asarray(ids), jnp.asarray(mask),
                              jnp.asarray(rows), jnp.asarray(limits), self._eos, self._next_key(),
@@ -155,6 +183,7 @@ class DecodeEngine:
 
     def _collect(self) -> list[Finished]:
         active, count = jax.device_get((self._state["active"], self._state["count"]))
+        self._count = np.asarray(count, np.int64)
         done_slots = [s for s, r in enumerate(self._slot_request) if r is not None and not active[s]]
         if not done_slots:
             return []
@@ -167,12 +196,18 @@ class DecodeEngine:
             self.tokens_out += int(count[slot])
         return finished
 
+    def _attend_len(self) -> int:
+        # A slot's next write goes to start + count - 1; a chunk advances it by at most `chunk`.
+        reach = max(self._start[s] + self._count[s] - 1 + self.chunk
+                    for s, r in enumerate(self._slot_request) if r is not None)
+        return min(self.max_len, attend_bucket(int(reach)))
+
     def step(self) -> list[Finished]:
         """Admit waiting requests into free slots, decode up to `chunk` tokens, return the finished requests."""
         self._admit_waiting()
         finished = self._collect()  # requests that ended at their first token
         if any(r is not None for r in self._slot_request) and not finished:
             self._state = _decode_chunk(self.cfg, self.params, self._state, self._eos, self._next_key(),
-                                        sampling=self.sampling, chunk=self.chunk)
+                                        sampling=self.sampling, chunk=self.chunk, attend_len=self._attend_len())
             finished = self._collect()
         return finished
