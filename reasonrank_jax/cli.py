@@ -1,7 +1,8 @@
-"""`reasonrank-jax <command>`: one module per command, imported only when that command runs.
+"""`reasonrank-jax <command>`: one module per command.
 
-Each command module defines ``add_arguments(parser)`` and ``main(args) -> int``. Heavy imports
-(jax, transformers) belong inside ``main`` so that ``--help`` stays fast.
+Each command module defines ``add_arguments(parser)`` and ``main(args) -> int``; all are imported to build the
+parser, so heavy imports (jax, transformers) belong inside ``main`` and ``--help`` stays fast.
+``--config YAML`` gives a command its option values from a file; the command line overrides them.
 """
 
 from __future__ import annotations
@@ -24,39 +25,73 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _available_commands() -> dict[str, object]:
-    modules = {}
-    for name, (module_name, _) in COMMANDS.items():
-        try:
-            modules[name] = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:  # a real missing dependency: that is a bug, not a missing command
-                raise
-    return modules
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
         prog="reasonrank-jax",
         description="ReasonRank listwise reranking in JAX: models, reranking, evaluation, data, training.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, module in _available_commands().items():
-        command_parser = sub.add_parser(name, help=COMMANDS[name][1], description=COMMANDS[name][1])
+    command_parsers = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(command_parser)
+        command_parser.add_argument("--config", metavar="YAML",
+                                    help="settings for this command (keys are its option names); "
+                                         "options on the command line override them")
         command_parser.set_defaults(_main=module.main)
-    return parser
+        command_parsers[name] = command_parser
+    return parser, command_parsers
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def apply_config(command_parser: argparse.ArgumentParser, path: str) -> None:
+    """Use a YAML file's settings as the command's defaults (so the command line still overrides them)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            settings = yaml.safe_load(f) or {}
+    except OSError as err:
+        raise InputError(f"cannot read config: {err.strerror}", path=path) from None
+    except yaml.YAMLError as err:
+        raise InputError(f"not valid YAML: {str(err).splitlines()[0]}", path=path) from None
+    if not isinstance(settings, dict):
+        raise InputError("expected a mapping of option names to values", path=path)
+    actions = {action.dest: action for action in command_parser._actions}
+    defaults = {}
+    for key, value in settings.items():
+        dest = str(key).lstrip("-").replace("-", "_")
+        if dest not in actions or dest in ("help", "config"):
+            raise InputError(f"unknown setting for '{command_parser.prog}'", path=path, field=str(key))
+        actions[dest].required = False
+        defaults[dest] = value
+    command_parser.set_defaults(**defaults)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, command_parsers = build_parser()
+    command = argv[0] if argv else None
     try:
+        config = _config_path(argv)
+        if config and command in command_parsers:
+            apply_config(command_parsers[command], config)
+        args = parser.parse_args(argv)
         return int(args._main(args) or 0)
     except InputError as err:
-        print(f"reasonrank-jax {args.command}: error: {err}", file=sys.stderr)
+        print(f"reasonrank-jax {command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"reasonrank-jax {args.command}: interrupted", file=sys.stderr)
+        print(f"reasonrank-jax {command}: interrupted", file=sys.stderr)
         return 130
 
 

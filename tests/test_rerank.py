@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
+from reasonrank_jax.errors import InputError
 from reasonrank_jax.inference import sliding_windows
 from reasonrank_jax.inference.engine import Finished
 from reasonrank_jax.inference.rerank import make_query_state, rerank_barrier, rerank_slots
@@ -23,9 +24,37 @@ from reasonrank_jax.inference.rerank import make_query_state, rerank_barrier, re
     ((0, 40, 20, 20), [(20, 40), (0, 20)]),  # step == window: no overlap
     ((0, 100, 10, 5), [(90 - 5 * i, 100 - 5 * i) for i in range(19)]),  # the leaderboard setting: 19 windows
     ((10, 50, 20, 10), [(30, 50), (20, 40), (10, 30)]),
+    ((0, 30, 20, 10), [(10, 30), (0, 20)]),  # next start -10: -10 + 10 == 0 stops the loop
+    ((0, 21, 20, 10), [(1, 21), (0, 11)]),
+    ((0, 100, 20, 30), [(80, 100), (50, 70), (20, 40), (0, 10)]),  # step > window leaves gaps, as the original does
+    ((0, 5, 5, 10), [(0, 5)]),
+    ((0, 1, 1, 10), [(0, 1)]),
+    ((0, 10, 20, 10), []),  # why short lists need window = n: start -10 + step == 0 ends the loop at once
+    ((5, 5, 20, 10), []),
+    ((0, 0, 1, 1), []),
 ])
 def test_sliding_windows(args, expected):
     assert sliding_windows(*args) == expected
+
+
+def test_sliding_windows_module_and_bad_arguments():
+    from reasonrank_jax.inference.windows import sliding_windows as from_module
+
+    assert from_module is sliding_windows
+    for window, step in ((0, 10), (20, 0), (-1, 5)):
+        with pytest.raises(ValueError):
+            sliding_windows(0, 100, window, step)
+
+
+@pytest.mark.parametrize("n, top, windows, last, reranked", [
+    (100, 100, 9, (0, 20), 100), (150, 100, 9, (0, 20), 100), (15, 100, 1, (0, 15), 15), (25, 100, 2, (0, 15), 25),
+    (1, 100, 1, (0, 1), 1), (30, 20, 1, (0, 20), 20), (0, 100, 0, None, 0)])
+def test_query_state_window_and_tail(n, top, windows, last, reranked):
+    docids = [f"d{i}" for i in range(n)]
+    state = make_query_state("q", "query", docids, window=20, step=10, top=top)
+    assert len(state.windows) == windows and (state.windows[-1] if state.windows else None) == last
+    assert state.docids == docids[:reranked] and state.tail == docids[reranked:]
+    assert state.final_ranking() == docids
 
 
 class FakePrompter:
@@ -168,6 +197,67 @@ def test_end_to_end_rerank_resume_and_schedulers(tiny_reranker, tmp_path):
     assert len((tmp_path / "a" / "done.jsonl").read_text().splitlines()) == 3
 
 
+class _Killed(Exception):
+    pass
+
+
+def _cli_args(root, out, *extra):
+    import argparse
+
+    from reasonrank_jax.inference import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return parser.parse_args(["--model", str(root / "model"), "--run", str(root / "run.trec"), "--corpus",
+                              str(root / "corpus.jsonl"), "--queries", str(root / "queries.jsonl"), "--out", str(out),
+                              "--max-new-tokens", "6", "--slots", "2", "--dtype", "float32", *extra])
+
+
+def test_resume_after_a_kill_mid_job_gives_the_uninterrupted_run(tiny_reranker, tmp_path, monkeypatch):
+    """Kill the job (an exception out of the scheduler) right after its first query is logged, with windows of the
+    other queries already written; the resumed job redoes only those and writes the same run."""
+    from reasonrank_jax.inference import cli, rerank
+
+    root = tiny_reranker
+    assert cli.main(_cli_args(root, tmp_path / "full")) == 0
+    real_slots = rerank.rerank_slots
+
+    def killed_after_first_query(engine, states, prompter, on_window=None, on_query_done=None, **kw):
+        def log_then_die(state):
+            on_query_done(state)
+            raise _Killed
+
+        real_slots(engine, states, prompter, on_window=on_window, on_query_done=log_then_die, **kw)
+
+    monkeypatch.setattr(rerank, "rerank_slots", killed_after_first_query)
+    with pytest.raises(_Killed):
+        cli.main(_cli_args(root, tmp_path / "resumed"))
+    monkeypatch.setattr(rerank, "rerank_slots", real_slots)
+    assert len((tmp_path / "resumed" / "done.jsonl").read_text().splitlines()) == 1
+    assert not (tmp_path / "resumed" / "run.trec").exists()
+    windows_before = [json.loads(line) for line in open(tmp_path / "resumed" / "windows.jsonl")]
+    assert len(windows_before) > 2  # the slot scheduler had also run windows of unfinished queries
+
+    assert cli.main(_cli_args(root, tmp_path / "resumed")) == 0
+    assert (tmp_path / "resumed" / "run.trec").read_text() == (tmp_path / "full" / "run.trec").read_text()
+    windows = [json.loads(line) for line in open(tmp_path / "resumed" / "windows.jsonl")]
+    assert sorted((w["qid"], tuple(w["window"])) for w in windows) == sorted(
+        (q, w) for q in ("q0", "q1", "q2") for w in ((5, 25), (0, 15)))
+    full = {(w["qid"], tuple(w["window"])): w for w in map(json.loads, open(tmp_path / "full" / "windows.jsonl"))}
+    assert all(full[(w["qid"], tuple(w["window"]))] == w for w in windows)
+
+    # The same --out with settings that change rankings is refused.
+    with pytest.raises(InputError, match="window=20, not 10"):
+        cli.main(_cli_args(root, tmp_path / "resumed", "--window", "10"))
+
+
+def test_rerank_prompt_longer_than_the_cache_is_bad_input(tiny_reranker, tmp_path):
+    from reasonrank_jax.inference import cli
+
+    with pytest.raises(InputError, match="--max-len"):
+        cli.main(_cli_args(tiny_reranker, tmp_path / "o", "--max-len", "64"))
+
+
 def test_rerank_bad_inputs_exit_2_with_one_line(tiny_reranker, tmp_path):
     root = tiny_reranker
     corpus = tmp_path / "corpus.jsonl"
@@ -180,12 +270,11 @@ def test_rerank_bad_inputs_exit_2_with_one_line(tiny_reranker, tmp_path):
     corpus.write_text('{"_id": "x", "text": "fine"}\n{broken\n')
     result = subprocess.run(base + ["--corpus", str(corpus)], capture_output=True, text=True, env=env)
     assert result.returncode == 2 and f"{corpus}:2" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_rerank_bad_settings_exit_2(tiny_reranker, tmp_path):
-    root = tiny_reranker
-    for extra, message in ((["--window", "0"], "--window must be >= 1"), (["--slots", "0"], "--slots must be >= 1"),
-                           (["--max-len", "64"], "pass a larger --max-len")):
-        result = _rerank(root, tmp_path / "o", *extra)
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert message in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run(base + ["--corpus", str(root / "corpus.jsonl"), "--window", "0"], capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 2 and "--window" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    queries = tmp_path / "queries.tsv"
+    queries.write_text("q0\tfirst\nq2\tthird\n")
+    result = subprocess.run(base[:-4] + ["--queries", str(queries), "--out", str(tmp_path / "o"), "--corpus",
+                                         str(root / "corpus.jsonl")], capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "'q1'" in result.stderr and str(queries) in result.stderr

@@ -1,9 +1,11 @@
 """`reasonrank-jax rerank`: sliding-window reranking of a first-stage TREC run with a Hugging Face checkpoint.
 
 Outputs in --out: run.trec (every candidate once, scores n - rank + 1), windows.jsonl (one record per window),
-done.jsonl (one line per finished query, appended and fsync'd: the resume log) and summary.json. Restarted with the
-same --out, queries in done.jsonl are skipped and their windows are not redone; the final run is written from
-done.jsonl, so an interrupted and resumed job writes the same run as an uninterrupted one.
+done.jsonl (one line per finished query, appended and fsync'd: the resume log), settings.json (what the rankings
+depend on) and summary.json. Restarted with the same --out and the same settings, queries in done.jsonl are skipped
+and their windows are not redone (windows of unfinished queries are); the final run is written from done.jsonl, so
+an interrupted and resumed job writes the same run as an uninterrupted one. Different settings are refused.
+Candidates below --top keep their first-stage order after the reranked ones.
 """
 
 from __future__ import annotations
@@ -129,6 +131,69 @@ def _read_done(path: str) -> dict[str, dict]:
     return done
 
 
+def _check_positive(args) -> None:
+    for name in ("window", "step", "top", "slots", "max_new_tokens", "max_len", "max_passage_length", "max_queries"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"must be >= 1, got {value}", field="--" + name.replace("_", "-"))
+
+
+def _check_settings(path: str, settings: dict) -> None:
+    """A resumed job must rank as the interrupted one did: refuse an --out written with other settings."""
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                previous = json.load(f)
+        except json.JSONDecodeError:
+            previous = None  # torn by a kill before any query finished: nothing to protect
+        if isinstance(previous, dict):
+            for key, value in settings.items():
+                if previous.get(key) != value:
+                    raise InputError(f"--out holds a job run with {key}={previous.get(key)!r}, not {value!r}; "
+                                     "use another --out", path=path, field=key)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(settings, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def _keep_finished_windows(path: str, done: dict) -> None:
+    """Drop window records of unfinished queries (their windows are redone) and any torn line; atomic rewrite."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                if line.endswith("\n") and json.loads(line)["qid"] in done:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+
+
+class _FittingPrompter:
+    """The prompter, refusing (as bad input, not a crash) a window prompt that does not fit the KV cache."""
+
+    def __init__(self, prompter, max_len: int, max_new_tokens: int):
+        from reasonrank_jax.inference.decode import bucket_length
+
+        self.prompter, self.max_len, self.max_new_tokens = prompter, max_len, max_new_tokens
+        self.bucket_length = bucket_length
+
+    def prompt_ids(self, state, window):
+        ids = self.prompter.prompt_ids(state, window)
+        if self.bucket_length(len(ids)) + self.max_new_tokens > self.max_len:
+            raise InputError(f"the prompt of query {state.qid!r}, window {list(window)} has {len(ids)} tokens "
+                             f"(bucket {self.bucket_length(len(ids))}) + {self.max_new_tokens} new tokens > "
+                             f"{self.max_len}; raise --max-len or lower --max-passage-length", field="--max-len")
+        return ids
+
+    def decode(self, tokens):
+        return self.prompter.decode(tokens)
+
+
 def _append_line(f, record: dict) -> None:
     f.write(json.dumps(record) + "\n")
     f.flush()
@@ -151,16 +216,13 @@ def main(args) -> int:
 
     from reasonrank_jax.eval import load_bright_examples, read_qrels, read_run_lists
     from reasonrank_jax.inference.decode import bucket_length
-    from reasonrank_jax.inference.engine import DecodeEngine, PromptTooLong
+    from reasonrank_jax.inference.engine import DecodeEngine
     from reasonrank_jax.inference.rerank import (WindowPrompter, make_query_state, rerank_barrier, rerank_slots,
                                                  trec_lines)
     from reasonrank_jax.models import load_pretrained
     from reasonrank_jax.text import SAMPLING_DEFAULTS, eos_token_ids, load_tokenizer
 
-    for name in ("window", "step", "top", "slots", "max_new_tokens", "max_len", "max_passage_length", "max_queries"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    _check_positive(args)
     started = time.perf_counter()
     run = read_run_lists(args.run)
     qrels = None
@@ -182,18 +244,19 @@ def main(args) -> int:
 
     os.makedirs(args.out, exist_ok=True)
     done_path, windows_path = os.path.join(args.out, "done.jsonl"), os.path.join(args.out, "windows.jsonl")
+    defaults = SAMPLING_DEFAULTS[args.mode]
+    max_new_tokens = args.max_new_tokens or defaults.max_new_tokens
+    _check_settings(os.path.join(args.out, "settings.json"), {
+        "model": os.path.abspath(args.model), "tokenizer": os.path.abspath(args.tokenizer or args.model),
+        "run": os.path.abspath(args.run), "window": args.window, "step": args.step, "top": args.top,
+        "mode": args.mode, "max_passage_length": args.max_passage_length, "max_new_tokens": max_new_tokens,
+        "dtype": args.dtype})
     done = _read_done(done_path)
-    if os.path.exists(windows_path):  # keep only the windows of finished queries; the others are redone
-        with open(windows_path, encoding="utf-8") as f:
-            kept = [line for line in f if line.endswith("\n") and json.loads(line)["qid"] in done]
-        with open(windows_path, "w", encoding="utf-8") as f:
-            f.writelines(kept)
+    _keep_finished_windows(windows_path, done)
     states = [make_query_state(qid, queries[qid], ranked[qid], args.window, args.step, args.top)
               for qid in qids if qid not in done]
 
     tokenizer = load_tokenizer(args.tokenizer or args.model)
-    defaults = SAMPLING_DEFAULTS[args.mode]
-    max_new_tokens = args.max_new_tokens or defaults.max_new_tokens
     prompter = WindowPrompter(tokenizer, corpus, args.mode, args.max_passage_length)
     # Longest possible prompt: the template around `window` passages of at most max_passage_length tokens each.
     longest_query = max((len(tokenizer.encode(queries[q], add_special_tokens=False)) for q in qids), default=0)
@@ -224,10 +287,8 @@ def main(args) -> int:
             done[state.qid] = record
 
         schedule = rerank_slots if args.scheduler == "slots" else rerank_barrier
-        try:
-            schedule(engine, states, prompter, on_window=on_window, on_query_done=on_query_done)
-        except PromptTooLong as err:  # finished queries are kept in done.jsonl: rerun with a larger cache
-            raise InputError(f"{err}; pass a larger --max-len (finished queries are kept)") from None
+        schedule(engine, states, _FittingPrompter(prompter, max_len, max_new_tokens), on_window=on_window,
+                 on_query_done=on_query_done)
 
     with open(os.path.join(args.out, "run.trec"), "w", encoding="utf-8") as f:
         for qid in qids:

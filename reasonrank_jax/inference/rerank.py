@@ -13,23 +13,8 @@ import dataclasses
 from collections import deque
 from typing import Callable, Iterable
 
+from reasonrank_jax.inference.windows import sliding_windows
 from reasonrank_jax.text import build_prompt, parse_permutation_with_status
-
-
-def sliding_windows(rank_start: int, rank_end: int, window: int, step: int) -> list[tuple[int, int]]:
-    """Windows [start, end) in processing order, back to front, by the original's loop rule (SPEC §2).
-
-    (0, 100, 20, 10) -> [(80, 100), (70, 90), ..., (0, 20)]: 9 windows.
-    """
-    if window < 1 or step < 1:
-        raise ValueError(f"window and step must be >= 1, got {window}, {step}")
-    windows = []
-    end, start = rank_end, rank_end - window
-    while end > rank_start and start + step != rank_start:
-        start = max(start, rank_start)
-        windows.append((start, end))
-        end, start = end - step, start - step
-    return windows
 
 
 @dataclasses.dataclass

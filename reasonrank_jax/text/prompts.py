@@ -10,6 +10,8 @@ import re
 
 import ftfy
 
+from reasonrank_jax.errors import InputError
+
 MODES = ("rank_GPT_reasoning", "rank_GPT_qwen3", "rank_GPT")
 
 PLAIN_SYSTEM = "You are RankLLM, an intelligent assistant that can rank passages based on their relevance to the query."
@@ -73,9 +75,8 @@ def passage_content(tokenizer, passage: dict, max_passage_length: int) -> str:
     title = doc.get("title")
     content = f"Title: {title} Content: {text}" if title else str(text)
     content = ftfy.fix_text(content.strip())
-    tokens = tokenizer.tokenize(content)
-    if len(tokens) > max_passage_length:
-        content = tokenizer.convert_tokens_to_string(tokens[:max_passage_length])
+    # Always the tokenizer round trip, as the original: it also applies the tokenizer's normaliser (Qwen2: NFC).
+    content = tokenizer.convert_tokens_to_string(tokenizer.tokenize(content)[:max_passage_length])
     return _rewrite_brackets(content)
 
 
@@ -83,7 +84,7 @@ def build_messages(tokenizer, query: str, passages: list[dict], mode: str = "ran
                    max_passage_length: int = 512) -> list[dict]:
     """The chat messages [system, user] of one window."""
     if mode not in MODES:
-        raise ValueError(f"unknown prompt mode {mode!r} (known: {', '.join(MODES)})")
+        raise InputError(f"unknown prompt mode {mode!r} (known: {', '.join(MODES)})", field="mode")
     query = clean_query(query)
     num = len(passages)
     lines = "".join(f"[{i}] {passage_content(tokenizer, p, max_passage_length)}\n"

@@ -1,0 +1,56 @@
+"""The dispatcher: --help, YAML configs (shipped ones valid, overrides, bad files), one-line errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reasonrank_jax.cli import build_parser, main
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _run(*args):
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    return subprocess.run([sys.executable, "-m", "reasonrank_jax", *args], capture_output=True, text=True, env=env)
+
+
+def test_help_lists_every_command():
+    result = _run("--help")
+    assert result.returncode == 0
+    for command in ("smoke", "model-info", "eval", "rerank", "data"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_name_real_options(path):
+    import yaml
+
+    from reasonrank_jax.cli import apply_config
+
+    command = "smoke" if path.name.startswith("smoke") else path.name.split("_")[0]
+    _, command_parsers = build_parser()
+    apply_config(command_parsers[command], str(path))  # raises on an unknown key
+    assert yaml.safe_load(path.read_text())
+
+
+def test_config_values_and_command_line_override(tmp_path, capsys):
+    config = tmp_path / "smoke.yaml"
+    config.write_text("model-type: llama\nlayers: 1\nhidden: 32\n")
+    assert main(["smoke", "--config", str(config), "--out", str(tmp_path / "a")]) == 0
+    assert "exported llama" in capsys.readouterr().out
+    assert main(["smoke", "--config", str(config), "--model-type", "qwen3", "--out", str(tmp_path / "b")]) == 0
+    assert "exported qwen3" in capsys.readouterr().out
+
+
+def test_bad_config_is_one_line_exit_2(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("windoww: 20\n")
+    result = _run("eval", "--config", str(config), "run.trec")
+    assert result.returncode == 2 and "windoww" in result.stderr and str(config) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    config.write_text("a: [unclosed\n")
+    result = _run("smoke", "--config", str(config))
+    assert result.returncode == 2 and "not valid YAML" in result.stderr and "Traceback" not in result.stderr
