@@ -228,11 +228,15 @@ def init_params(cfg: ModelConfig, rng=None):
 def unstack_layers(params):
     """The same weights with "layers" as a tuple of per-layer dicts (the layout `forward_cached` reads in place);
     unchanged if already unstacked. Inference converts once per engine; training keeps the stacked layout."""
-    layers = params["layers"]
-    if isinstance(layers, (list, tuple)):
+    if isinstance(params["layers"], (list, tuple)):
         return params
+    return {**params, "layers": _split_layers(params["layers"])}
+
+
+@jax.jit
+def _split_layers(layers):  # one program, not one dispatch per leaf and layer
     num_layers = jax.tree.leaves(layers)[0].shape[0]
-    return {**params, "layers": tuple(jax.tree.map(lambda w: w[i], layers) for i in range(num_layers))}
+    return tuple(jax.tree.map(lambda w: w[i], layers) for i in range(num_layers))
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("return_hidden",))
