@@ -95,11 +95,81 @@ def _write_rows(cache_layer, new_btke, write_pos_b):
             "v": v_bkse.at[rows_bt, :, slots_bt].set(new_v_btke.astype(v_bkse.dtype), mode="drop")}
 
 
+def attend(q_bkgte, k_bkes, v_bkse, mask_bts):
+    """softmax(q k^T / sqrt(e)) v over all s keys; a fully masked row (a pad query) averages v rather than NaN."""
+    e = q_bkgte.shape[-1]
+    scores_bkgts = jnp.einsum("bkgte,bkes->bkgts", q_bkgte, k_bkes, preferred_element_type=jnp.float32) / np.sqrt(e)
+    scores_bkgts = jnp.where(mask_bts[:, None, None], scores_bkgts, jnp.finfo(jnp.float32).min)
+    probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(v_bkse.dtype)
+    return jnp.einsum("bkgts,bkse->bkgte", probs_bkgts, v_bkse)
+
+
+QUERY_BLOCK = 256  # prefill attention block sizes: a [b, h, 256, 512] score tile instead of [b, h, t, s]
+KEY_BLOCK = 512
+
+
+def _divisor_block(n: int, largest: int) -> int:
+    block = largest
+    while block >= 16 and n % block:
+        block //= 2
+    return block if block >= 16 else n
+
+
+def cached_attention(q_bkgte, k_bkes, v_bkse, write_pos_b, kv_mask_bs):
+    """Attention of t new queries (row b's query i sits at cache slot write_pos_b[b] + i) over the cache: slot j is
+    visible iff kv_mask_bs[b, j] and j <= that slot.
+
+    One query (decode) or a short prompt: a single masked softmax. A long prompt (prefill): blockwise with an
+    online softmax, so memory is one [b, h, QUERY_BLOCK, KEY_BLOCK] tile rather than [b, h, t, s], and each query
+    block stops at the last key block it can see (causal: about half the work of the full product).
+    """
+    b, k, g, t, e = q_bkgte.shape
+    s = k_bkes.shape[-1]
+    slot_s = jnp.arange(s)
+    if t <= QUERY_BLOCK:
+        query_slot_bt = write_pos_b[:, None] + jnp.arange(t)
+        mask_bts = (slot_s <= query_slot_bt[:, :, None]) & (kv_mask_bs[:, None, :] != 0)
+        return attend(q_bkgte, k_bkes, v_bkse, mask_bts)
+    cq, ck = _divisor_block(t, QUERY_BLOCK), _divisor_block(s, KEY_BLOCK)
+    scale = 1.0 / np.sqrt(e)
+    lowest = jnp.finfo(jnp.float32).min
+
+    def query_block(qi, out_bkgte):
+        q_bkgqe = jax.lax.dynamic_slice_in_dim(q_bkgte, qi * cq, cq, axis=3)
+        query_slot_bq = write_pos_b[:, None] + qi * cq + jnp.arange(cq)
+        num_key_blocks = jnp.minimum(jnp.max(query_slot_bq) // ck + 1, s // ck)
+
+        def key_block(ki, carry):
+            max_bkgq, denom_bkgq, acc_bkgqe = carry
+            k_bkec = jax.lax.dynamic_slice_in_dim(k_bkes, ki * ck, ck, axis=3)
+            v_bkce = jax.lax.dynamic_slice_in_dim(v_bkse, ki * ck, ck, axis=2)
+            slot_c = ki * ck + jnp.arange(ck)
+            valid_bc = jax.lax.dynamic_slice_in_dim(kv_mask_bs, ki * ck, ck, axis=1) != 0
+            mask_bqc = (slot_c <= query_slot_bq[:, :, None]) & valid_bc[:, None, :]
+            scores = jnp.einsum("bkgqe,bkec->bkgqc", q_bkgqe, k_bkec, preferred_element_type=jnp.float32) * scale
+            scores = jnp.where(mask_bqc[:, None, None], scores, lowest)
+            new_max = jnp.maximum(max_bkgq, jnp.max(scores, axis=-1))
+            probs = jnp.where(mask_bqc[:, None, None], jnp.exp(scores - new_max[..., None]), 0.0)
+            rescale = jnp.exp(max_bkgq - new_max)
+            acc_bkgqe = acc_bkgqe * rescale[..., None] + jnp.einsum(
+                "bkgqc,bkce->bkgqe", probs.astype(v_bkce.dtype), v_bkce, preferred_element_type=jnp.float32)
+            return new_max, denom_bkgq * rescale + jnp.sum(probs, axis=-1), acc_bkgqe
+
+        init = (jnp.full((b, k, g, cq), lowest), jnp.zeros((b, k, g, cq)), jnp.zeros((b, k, g, cq, e)))
+        _, denom_bkgq, acc_bkgqe = jax.lax.fori_loop(0, num_key_blocks, key_block, init)
+        block = acc_bkgqe / jnp.where(denom_bkgq == 0, 1.0, denom_bkgq)[..., None]  # a pad query: zeros
+        return jax.lax.dynamic_update_slice_in_dim(out_bkgte, block.astype(out_bkgte.dtype), qi * cq, axis=3)
+
+    return jax.lax.fori_loop(0, t // cq, query_block, jnp.zeros(q_bkgte.shape, v_bkse.dtype))
+
+
 class Attention(nn.Module):
+    """mask: [b, t, s] attention mask without a cache; with one, kv_mask [b, s] (see `cached_attention`)."""
+
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_btd, cos, sin, mask_bts, cache, write_pos_b):
+    def __call__(self, x_btd, cos, sin, mask, cache, write_pos_b):
         cfg = self.cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         dense = functools.partial(nn.Dense, dtype=dtype, param_dtype=param_dtype)
@@ -114,19 +184,13 @@ class Attention(nn.Module):
         q_bthe = apply_rope(q_bthe, cos, sin)
         k_btke = apply_rope(k_btke, cos, sin)
 
-        if cache is not None:
-            cache = _write_rows(cache, (k_btke, v_btke), write_pos_b)
-            k_bkes, v_bkse = cache["k"].astype(dtype), cache["v"].astype(dtype)
-        else:
-            k_bkes, v_bkse = k_btke.transpose(0, 2, 3, 1), v_btke.transpose(0, 2, 1, 3)
-
         q_bkgte = q_bthe.reshape(b, t, k, h // k, e).transpose(0, 2, 3, 1, 4)
-        scores_bkgts = jnp.einsum("bkgte,bkes->bkgts", q_bkgte, k_bkes,
-                                  preferred_element_type=jnp.float32) / np.sqrt(e)
-        # A fully masked row (a pad query) gets a uniform distribution rather than NaN.
-        scores_bkgts = jnp.where(mask_bts[:, None, None], scores_bkgts, jnp.finfo(jnp.float32).min)
-        probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(dtype)
-        out_bkgte = jnp.einsum("bkgts,bkse->bkgte", probs_bkgts, v_bkse)
+        if cache is None:
+            out_bkgte = attend(q_bkgte, k_btke.transpose(0, 2, 3, 1), v_btke.transpose(0, 2, 1, 3), mask)
+        else:  # mask is kv_mask_bs: which cache slots hold tokens; causality comes from the write positions
+            cache = _write_rows(cache, (k_btke, v_btke), write_pos_b)
+            out_bkgte = cached_attention(q_bkgte, cache["k"].astype(dtype), cache["v"].astype(dtype), write_pos_b,
+                                         mask)
         out_bthe = out_bkgte.transpose(0, 3, 1, 2, 4).reshape(b, t, h * e)
         out_btd = dense(cfg.hidden_size, use_bias=False, name="o_proj")(out_bthe)
         return out_btd, cache
@@ -152,11 +216,11 @@ class DecoderLayer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_btd, cos, sin, mask_bts, cache=None, write_pos_b=None):
+    def __call__(self, x_btd, cos, sin, mask, cache=None, write_pos_b=None):
         cfg = self.cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         normed = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="input_norm")(x_btd)
-        attn_btd, cache = Attention(cfg, name="attn")(normed, cos, sin, mask_bts, cache, write_pos_b)
+        attn_btd, cache = Attention(cfg, name="attn")(normed, cos, sin, mask, cache, write_pos_b)
         x_btd = x_btd + attn_btd
         normed = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="post_attn_norm")(x_btd)
         x_btd = x_btd + MLP(cfg, name="mlp")(normed)
@@ -283,17 +347,13 @@ def forward_cached(cfg: ModelConfig, params, input_ids_bt, positions_bt, cache, 
     pass `unstack_layers(params)` to read each layer's weights in place.
     """
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-    t = input_ids_bt.shape[1]
-    s = kv_mask_bs.shape[1]
     write_pos_b = write_pos_b.astype(jnp.int32)
-    query_slot_bt = write_pos_b[:, None] + jnp.arange(t)[None, :]
-    mask_bts = (jnp.arange(s)[None, None, :] <= query_slot_bt[:, :, None]) & (kv_mask_bs[:, None, :] != 0)
     embedding_vd = params["embed"]["embedding"]
     x_btd = embedding_vd[input_ids_bt].astype(dtype)
     cos, sin = rope_cos_sin(cfg, positions_bt)
     new_cache = []
     for layer_params, layer_cache in zip(unstack_layers(params)["layers"], cache, strict=True):
-        x_btd, layer_cache = DecoderLayer(cfg).apply({"params": layer_params}, x_btd, cos, sin, mask_bts,
+        x_btd, layer_cache = DecoderLayer(cfg).apply({"params": layer_params}, x_btd, cos, sin, kv_mask_bs,
                                                      layer_cache, write_pos_b)
         new_cache.append(layer_cache)
     if last_only:  # the norm is per position: normalise only what the head reads
