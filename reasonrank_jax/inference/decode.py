@@ -19,7 +19,7 @@ import numpy as np
 
 from reasonrank_jax.inference.sampling import SamplingParams, next_token
 from reasonrank_jax.models.config import ModelConfig
-from reasonrank_jax.models.transformer import forward_cached, init_cache, map_cache, unstack_layers
+from reasonrank_jax.models.transformer import forward_cached, init_cache, map_cache, decode_params
 
 MIN_BUCKET = 16
 FIRST_SEGMENT = 512  # output room of the first cache segment, doubled per segment
@@ -156,7 +156,7 @@ def generate(cfg: ModelConfig, params, prompts: list[list[int]], max_new_tokens:
         ids, mask = jax.device_put((ids, mask), batch_sharding(mesh))
     eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)
     tokens, logprobs, lengths = jax.device_get(_generate(
-        cfg, unstack_layers(params), ids, mask, eos, jax.random.PRNGKey(seed), cache_lens=cache_segments(p, max_new_tokens),
+        cfg, decode_params(params), ids, mask, eos, jax.random.PRNGKey(seed), cache_lens=cache_segments(p, max_new_tokens),
         max_new_tokens=int(max_new_tokens), sampling=sampling, num_eos=len(eos_ids), with_logprobs=return_logprobs))
     outputs = [tokens[row, :lengths[row]].tolist() for row in range(len(prompts))]
     if return_logprobs:

@@ -26,7 +26,7 @@ import numpy as np
 from reasonrank_jax.inference.decode import bucket_length, left_pad, prefill
 from reasonrank_jax.inference.sampling import SamplingParams, next_token
 from reasonrank_jax.models.config import ModelConfig
-from reasonrank_jax.models.transformer import forward_cached, init_cache, map_cache, unstack_layers
+from reasonrank_jax.models.transformer import forward_cached, init_cache, map_cache, decode_params
 
 
 class PromptTooLong(ValueError):
@@ -128,7 +128,7 @@ class DecodeEngine:
     def __init__(self, cfg: ModelConfig, params, num_slots: int, max_len: int, eos_ids: list[int],
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, seed: int = 0,
                  max_new_tokens: int = 3172, chunk: int = 64):
-        self.cfg, self.params = cfg, unstack_layers(params)  # per-layer weights, read in place by each step
+        self.cfg, self.params = cfg, decode_params(params)  # per-layer weights, read in place by each step
         self.num_slots, self.max_len, self.max_new_tokens, self.chunk = num_slots, max_len, max_new_tokens, chunk
         self.sampling = SamplingParams(float(temperature), float(top_p), int(top_k), float(min_p))
         self._eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)

@@ -17,7 +17,8 @@ Two forward paths share the layer modules:
 - `forward_cached` (prefill, decode) unrolls the layers over per-layer weights and a per-layer KV cache. A scanned
   decode step slices every layer's weights and cache out of the stacked arrays, and XLA:CPU materialises those
   slices as copies each step (a third of a decode step on CPU); unrolled, each dot reads its operands in place.
-  `unstack_layers` converts the weights once; stacked weights also work (then each call slices them).
+  `decode_params` converts the weights once (also fusing q/k/v and gate/up into one dot each); stacked weights
+  also work (then each call converts them).
 
 The KV cache is an explicit pytree, a tuple with one {"k": [b, k, e, s], "v": [b, k, s, e]} per layer. Keys are
 stored transposed (slots minor) so that the decode-time score dot q.K^T contracts over K's major axis, the layout
@@ -164,9 +165,11 @@ def cached_attention(q_bkgte, k_bkes, v_bkse, write_pos_b, kv_mask_bs):
 
 
 class Attention(nn.Module):
-    """mask: [b, t, s] attention mask without a cache; with one, kv_mask [b, s] (see `cached_attention`)."""
+    """mask: [b, t, s] attention mask without a cache; with one, kv_mask [b, s] (see `cached_attention`).
+    fused: q, k and v come from one [d, (h + 2k) e] projection "qkv_proj" (the decode layout, `decode_params`)."""
 
     cfg: ModelConfig
+    fused: bool = False
 
     @nn.compact
     def __call__(self, x_btd, cos, sin, mask, cache, write_pos_b):
@@ -175,9 +178,14 @@ class Attention(nn.Module):
         dense = functools.partial(nn.Dense, dtype=dtype, param_dtype=param_dtype)
         b, t, _ = x_btd.shape
         h, k, e = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        q_bthe = dense(h * e, use_bias=cfg.qkv_bias, name="q_proj")(x_btd).reshape(b, t, h, e)
-        k_btke = dense(k * e, use_bias=cfg.qkv_bias, name="k_proj")(x_btd).reshape(b, t, k, e)
-        v_btke = dense(k * e, use_bias=cfg.qkv_bias, name="v_proj")(x_btd).reshape(b, t, k, e)
+        if self.fused:
+            qkv_btx = dense((h + 2 * k) * e, use_bias=cfg.qkv_bias, name="qkv_proj")(x_btd)
+            q_btx, k_btx, v_btx = jnp.split(qkv_btx, [h * e, (h + k) * e], axis=-1)
+        else:
+            q_btx = dense(h * e, use_bias=cfg.qkv_bias, name="q_proj")(x_btd)
+            k_btx = dense(k * e, use_bias=cfg.qkv_bias, name="k_proj")(x_btd)
+            v_btx = dense(k * e, use_bias=cfg.qkv_bias, name="v_proj")(x_btd)
+        q_bthe, k_btke, v_btke = q_btx.reshape(b, t, h, e), k_btx.reshape(b, t, k, e), v_btx.reshape(b, t, k, e)
         if cfg.qk_norm:  # Qwen3: RMSNorm over each head's vector, before RoPE
             q_bthe = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="q_norm")(q_bthe)
             k_btke = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="k_norm")(k_btke)
@@ -197,15 +205,21 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """SwiGLU. fused: gate and up come from one [d, 2f] projection "gate_up_proj" (the decode layout)."""
+
     cfg: ModelConfig
+    fused: bool = False
 
     @nn.compact
     def __call__(self, x_btd):
         cfg = self.cfg
         dense = functools.partial(nn.Dense, use_bias=False, dtype=jnp.dtype(cfg.dtype),
                                   param_dtype=jnp.dtype(cfg.param_dtype))
-        gate_btf = dense(cfg.intermediate_size, name="gate_proj")(x_btd)
-        up_btf = dense(cfg.intermediate_size, name="up_proj")(x_btd)
+        if self.fused:
+            gate_btf, up_btf = jnp.split(dense(2 * cfg.intermediate_size, name="gate_up_proj")(x_btd), 2, axis=-1)
+        else:
+            gate_btf = dense(cfg.intermediate_size, name="gate_proj")(x_btd)
+            up_btf = dense(cfg.intermediate_size, name="up_proj")(x_btd)
         return dense(cfg.hidden_size, name="down_proj")(nn.silu(gate_btf) * up_btf)
 
 
@@ -214,16 +228,17 @@ class DecoderLayer(nn.Module):
     under nn.scan that is (carry, per-layer output)."""
 
     cfg: ModelConfig
+    fused: bool = False  # the decode layout: fused qkv and gate/up projections
 
     @nn.compact
     def __call__(self, x_btd, cos, sin, mask, cache=None, write_pos_b=None):
         cfg = self.cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         normed = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="input_norm")(x_btd)
-        attn_btd, cache = Attention(cfg, name="attn")(normed, cos, sin, mask, cache, write_pos_b)
+        attn_btd, cache = Attention(cfg, self.fused, name="attn")(normed, cos, sin, mask, cache, write_pos_b)
         x_btd = x_btd + attn_btd
         normed = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="post_attn_norm")(x_btd)
-        x_btd = x_btd + MLP(cfg, name="mlp")(normed)
+        x_btd = x_btd + MLP(cfg, self.fused, name="mlp")(normed)
         return x_btd, cache
 
 
@@ -289,18 +304,33 @@ def init_params(cfg: ModelConfig, rng=None):
     return Decoder(cfg).init(rng, ids, ids, jnp.ones((1, 1, 1), bool))["params"]
 
 
-def unstack_layers(params):
-    """The same weights with "layers" as a tuple of per-layer dicts (the layout `forward_cached` reads in place);
-    unchanged if already unstacked. Inference converts once per engine; training keeps the stacked layout."""
-    if isinstance(params["layers"], (list, tuple)):
+def decode_params(params):
+    """The decode layout of the same weights: "layers" a tuple of per-layer dicts, with q/k/v and gate/up each
+    concatenated into one projection (fewer, larger dots per step), which `forward_cached` reads in place.
+    Unchanged if already converted. Inference converts once per engine; training keeps the stacked layout."""
+    if isinstance(params["layers"], tuple):
         return params
-    return {**params, "layers": _split_layers(params["layers"])}
+    return {**params, "layers": _split_and_fuse_layers(params["layers"])}
 
 
 @jax.jit
-def _split_layers(layers):  # one program, not one dispatch per leaf and layer
-    num_layers = jax.tree.leaves(layers)[0].shape[0]
-    return tuple(jax.tree.map(lambda w: w[i], layers) for i in range(num_layers))
+def _split_and_fuse_layers(stacked):  # one program, not one dispatch per leaf and layer
+    def fuse(modules, names):
+        fused = {"kernel": jnp.concatenate([modules[n]["kernel"] for n in names], axis=-1)}
+        if "bias" in modules[names[0]]:
+            fused["bias"] = jnp.concatenate([modules[n]["bias"] for n in names], axis=-1)
+        return fused
+
+    layers = []
+    for i in range(jax.tree.leaves(stacked)[0].shape[0]):
+        layer = jax.tree.map(lambda w: w[i], stacked)
+        attn, mlp = dict(layer["attn"]), dict(layer["mlp"])
+        attn["qkv_proj"] = fuse(attn, ("q_proj", "k_proj", "v_proj"))
+        mlp["gate_up_proj"] = fuse(mlp, ("gate_proj", "up_proj"))
+        for name in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
+            attn.pop(name, None), mlp.pop(name, None)
+        layers.append({**layer, "attn": attn, "mlp": mlp})
+    return tuple(layers)
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("return_hidden",))
@@ -344,7 +374,7 @@ def forward_cached(cfg: ModelConfig, params, input_ids_bt, positions_bt, cache, 
     Row b's new keys/values go to cache slots [write_pos_b[b], write_pos_b[b] + t); query i of row b attends to slot j
     iff kv_mask_bs[b, j] and j <= write_pos_b[b] + i. kv_mask_bs must already mark the new tokens' slots.
     Not jitted here: call it inside your own jit (with cfg static and the cache donated). Layers are unrolled;
-    pass `unstack_layers(params)` to read each layer's weights in place.
+    pass `decode_params(params)` (converted once, outside the jit) to read each layer's weights in place.
     """
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     write_pos_b = write_pos_b.astype(jnp.int32)
@@ -352,8 +382,8 @@ def forward_cached(cfg: ModelConfig, params, input_ids_bt, positions_bt, cache, 
     x_btd = embedding_vd[input_ids_bt].astype(dtype)
     cos, sin = rope_cos_sin(cfg, positions_bt)
     new_cache = []
-    for layer_params, layer_cache in zip(unstack_layers(params)["layers"], cache, strict=True):
-        x_btd, layer_cache = DecoderLayer(cfg).apply({"params": layer_params}, x_btd, cos, sin, kv_mask_bs,
+    for layer_params, layer_cache in zip(decode_params(params)["layers"], cache, strict=True):
+        x_btd, layer_cache = DecoderLayer(cfg, fused=True).apply({"params": layer_params}, x_btd, cos, sin, kv_mask_bs,
                                                      layer_cache, write_pos_b)
         new_cache.append(layer_cache)
     if last_only:  # the norm is per position: normalise only what the head reads
