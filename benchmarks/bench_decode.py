@@ -2,7 +2,7 @@
 greedy, on this machine's CPU, measured side by side in one run. Also the fraction of the memory-bandwidth roofline
 (weights + KV cache bytes read per decode step, against a measured copy bandwidth) that our decoder reaches.
 
-    python benchmarks/bench_decode.py [--sizes tiny small] [--batches 1 8 32] [--lengths 64:64 256:512]
+    python benchmarks/bench_decode.py [--sizes tiny small] [--batches 1 8 32] [--lengths 64:256 1024:256]
 
 --lengths are PROMPT:NEW token counts. Prints one row per (model, lengths, batch): new tokens/s for both, the ratio,
 and the roofline fraction. The machine's load average is printed too: other processes skew torch (whose OpenMP
@@ -55,21 +55,25 @@ def build_model(size: str, path: str):
     return model
 
 
-def best_of(fn, repeats: int) -> float:
-    fn()  # warm-up (compilation for JAX, allocator for torch)
-    times = []
+def best_of_interleaved(fns, repeats: int) -> list[float]:
+    """Best wall time of each function, the runs interleaved (a, b, a, b, ...) so that both see the same machine:
+    this VM's speed drifts by tens of percent over minutes."""
+    for fn in fns:
+        fn()  # warm-up (compilation for JAX, allocator for torch)
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=list(SIZES))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
-    parser.add_argument("--lengths", nargs="+", default=["64:64"], help="PROMPT:NEW token counts")
+    parser.add_argument("--lengths", nargs="+", default=["64:256", "1024:256"], help="PROMPT:NEW token counts")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
@@ -77,7 +81,7 @@ def main() -> None:
 
     from reasonrank_jax.inference import generate
     from reasonrank_jax.inference.decode import bucket_length, cache_segments
-    from reasonrank_jax.models import load_pretrained
+    from reasonrank_jax.models import decode_params, load_pretrained
 
     torch.set_num_threads(os.cpu_count() or 1)
     bandwidth = copy_bandwidth_gbs()
@@ -90,13 +94,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as path:
             model = build_model(size, path)
             cfg, params = load_pretrained(path)
+            decode_layout = decode_params(params)  # what an engine holds: converted once, not per call
             # bytes of weights a decode step reads: all but the (untied) embedding table, of which it gathers a row
             weight_bytes = (cfg.num_params() - cfg.vocab_size * cfg.hidden_size) * 4
             rng = np.random.default_rng(0)
             for (prompt_len, new_tokens), batch in itertools.product(lengths, args.batches):
                 prompts = rng.integers(0, cfg.vocab_size, (batch, prompt_len))
-                ours = best_of(lambda: generate(cfg, params, prompts.tolist(), new_tokens, eos_ids=[]),
-                               args.repeats)
                 ids = torch.tensor(prompts)
 
                 def hf():
@@ -104,7 +107,9 @@ def main() -> None:
                         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                                        min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
 
-                theirs = best_of(hf, args.repeats)
+                ours, theirs = best_of_interleaved(
+                    [lambda: generate(cfg, decode_layout, prompts.tolist(), new_tokens, eos_ids=[]), hf],
+                    args.repeats)
                 new = batch * new_tokens
                 # per decode step: all weights once + the cache segment attended at that step, every sequence
                 p = bucket_length(prompt_len)

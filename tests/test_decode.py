@@ -74,6 +74,31 @@ def test_greedy_matches_transformers_across_cache_segments(model_pair, monkeypat
         assert tokens == _hf_greedy(model, prompt, 130, [eos])
 
 
+def test_greedy_matches_transformers_through_blocked_prefill(model_pair, monkeypatch):
+    """Shrunken attention blocks: the ragged prompts (bucket 64) prefill through the blockwise online-softmax path,
+    across several query and key blocks, and the continuation still equals transformers' token for token."""
+    from reasonrank_jax.models import transformer
+
+    monkeypatch.setattr(transformer, "QUERY_BLOCK", 16)
+    monkeypatch.setattr(transformer, "KEY_BLOCK", 16)
+    model, cfg, params = model_pair
+    prompts = _prompts(11, [40, 57, 23])
+    for prompt, tokens in zip(prompts, generate(cfg, params, prompts, max_new_tokens=20, eos_ids=[])):
+        assert tokens == _hf_greedy(model, prompt, 20, [])
+
+
+def test_greedy_token_is_argmax_with_first_index_on_ties():
+    from reasonrank_jax.inference.sampling import greedy_token
+
+    rng = np.random.default_rng(5)
+    logits = rng.integers(-3, 4, (64, 37)).astype(np.float32)  # many ties
+    logits[0] = -np.inf
+    logits[1, 5] = np.inf
+    logits[2] = np.finfo(np.float32).min
+    expected = np.argmax(logits, axis=-1)
+    np.testing.assert_array_equal(np.asarray(greedy_token(jnp.asarray(logits))), expected)
+
+
 @pytest.mark.parametrize("prompt_len, max_new, first, expected", [
     (64, 64, 512, (128,)), (16, 3172, 512, (576, 1088, 2112, 3200)), (8192, 3172, 512, (8704, 9216, 10240, 11392)),
     (16, 130, 8, (64, 128, 192))])

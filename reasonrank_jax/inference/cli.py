@@ -219,7 +219,7 @@ def main(args) -> int:
     from reasonrank_jax.inference.engine import DecodeEngine
     from reasonrank_jax.inference.rerank import (WindowPrompter, make_query_state, rerank_barrier, rerank_slots,
                                                  trec_lines)
-    from reasonrank_jax.models import load_pretrained
+    from reasonrank_jax.models import decode_params, load_pretrained
     from reasonrank_jax.text import SAMPLING_DEFAULTS, eos_token_ids, load_tokenizer
 
     _check_positive(args)
@@ -263,6 +263,7 @@ def main(args) -> int:
     prompt_bound = 400 + 2 * longest_query + args.window * (args.max_passage_length + 12)
     max_len = args.max_len or bucket_length(prompt_bound) + max_new_tokens
     cfg, params = load_pretrained(args.model, dtype=args.dtype)
+    params = decode_params(params)  # the engine's layout; dropping the stacked copy keeps one set of weights
     engine = DecodeEngine(cfg, params, num_slots=args.slots, max_len=max_len, eos_ids=eos_token_ids(tokenizer),
                           temperature=defaults.temperature, top_p=defaults.top_p, top_k=defaults.top_k,
                           min_p=defaults.min_p, max_new_tokens=max_new_tokens)

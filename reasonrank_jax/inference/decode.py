@@ -19,7 +19,7 @@ import numpy as np
 
 from reasonrank_jax.inference.sampling import SamplingParams, next_token
 from reasonrank_jax.models.config import ModelConfig
-from reasonrank_jax.models.transformer import forward_cached, init_cache
+from reasonrank_jax.models.transformer import forward_cached, init_cache, map_cache, decode_params
 
 MIN_BUCKET = 16
 FIRST_SEGMENT = 512  # output room of the first cache segment, doubled per segment
@@ -76,8 +76,10 @@ def prefill(cfg: ModelConfig, params, ids_bp, mask_bp, cache_len: int, key, samp
     return cache, kv_mask_bs, token_b, logprob_b, jnp.sum(mask_bp, axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "cache_lens", "max_new_tokens", "sampling", "num_eos"))
-def _generate(cfg, params, ids_bp, mask_bp, eos_e, key, *, cache_lens, max_new_tokens, sampling, num_eos):
+@functools.partial(jax.jit, static_argnames=("cfg", "cache_lens", "max_new_tokens", "sampling", "num_eos",
+                                             "with_logprobs"))
+def _generate(cfg, params, ids_bp, mask_bp, eos_e, key, *, cache_lens, max_new_tokens, sampling, num_eos,
+              with_logprobs):
     b, p = ids_bp.shape
     key, first_key = jax.random.split(key)
     cache, kv_mask, token, logprob, position = prefill(cfg, params, ids_bp, mask_bp, cache_lens[0], first_key,
@@ -104,7 +106,8 @@ def _generate(cfg, params, ids_bp, mask_bp, eos_e, key, *, cache_lens, max_new_t
         logits, cache = forward_cached(cfg, params, last, position[:, None], cache, slot, kv_mask, last_only=True)
         token, logprob = next_token(logits[:, 0], step_key, sampling)
         tokens_bn = tokens_bn.at[:, step].set(jnp.where(done, 0, token))
-        logprobs_bn = logprobs_bn.at[:, step].set(jnp.where(done, 0.0, logprob))
+        if with_logprobs:  # otherwise the log-softmax over the vocabulary is dead code and compiled away
+            logprobs_bn = logprobs_bn.at[:, step].set(jnp.where(done, 0.0, logprob))
         lengths = lengths + (~done).astype(jnp.int32)
         if num_eos:
             done = done | jnp.any(token[:, None] == eos_e, axis=1)
@@ -115,7 +118,8 @@ def _generate(cfg, params, ids_bp, mask_bp, eos_e, key, *, cache_lens, max_new_t
         if i:  # more room: copy the cache into a larger one (once per segment, not per token)
             step, cache, kv_mask, *rest = state
             grow = size - cache_lens[i - 1]
-            cache = {n: jnp.pad(c, [(0, 0)] * 3 + [(0, grow), (0, 0)]) for n, c in cache.items()}
+            cache = map_cache(lambda c, axis: jnp.pad(c, [(0, grow) if a == axis else (0, 0) for a in range(c.ndim)]),
+                              cache)
             state = (step, cache, jnp.pad(kv_mask, [(0, 0), (0, grow)]), *rest)
         # step s writes its input token at slot p + s - 1, which must lie inside this segment
         state = jax.lax.while_loop(cond(min(max_new_tokens, size - p + 1)), body, state)
@@ -152,8 +156,8 @@ def generate(cfg: ModelConfig, params, prompts: list[list[int]], max_new_tokens:
         ids, mask = jax.device_put((ids, mask), batch_sharding(mesh))
     eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)
     tokens, logprobs, lengths = jax.device_get(_generate(
-        cfg, params, ids, mask, eos, jax.random.PRNGKey(seed), cache_lens=cache_segments(p, max_new_tokens),
-        max_new_tokens=int(max_new_tokens), sampling=sampling, num_eos=len(eos_ids)))
+        cfg, decode_params(params), ids, mask, eos, jax.random.PRNGKey(seed), cache_lens=cache_segments(p, max_new_tokens),
+        max_new_tokens=int(max_new_tokens), sampling=sampling, num_eos=len(eos_ids), with_logprobs=return_logprobs))
     outputs = [tokens[row, :lengths[row]].tolist() for row in range(len(prompts))]
     if return_logprobs:
         return outputs, [logprobs[row, :lengths[row]].tolist() for row in range(len(prompts))]

@@ -2,7 +2,7 @@
 write position, and a finished slot is refilled with the next queued request while the others keep decoding.
 
 Device state (one pytree, donated to every call, so the cache is updated in place):
-  cache {"k","v"} [l, slots, k, max_len, e]   kv_mask [slots, max_len]   write_pos, position, last_token [slots]
+  cache (per layer {"k","v"}, see models.transformer)   kv_mask [slots, max_len]   write_pos, position, last_token [slots]
   active [slots]   count [slots] (tokens generated)   limit [slots] (max new tokens)   tokens [slots, max_new_tokens]
 Two jitted programs: `_admit` (prefill a bucket of new prompts and insert them into free slots) and `_decode_chunk`
 (a `lax.while_loop` of up to `chunk` decode steps that returns early when a slot finishes, so it is refilled at once).
@@ -26,7 +26,7 @@ import numpy as np
 from reasonrank_jax.inference.decode import bucket_length, left_pad, prefill
 from reasonrank_jax.inference.sampling import SamplingParams, next_token
 from reasonrank_jax.models.config import ModelConfig
-from reasonrank_jax.models.transformer import forward_cached, init_cache
+from reasonrank_jax.models.transformer import forward_cached, init_cache, map_cache, decode_params
 
 
 class PromptTooLong(ValueError):
@@ -37,6 +37,12 @@ class Finished(NamedTuple):
     request_id: Any
     tokens: list[int]  # new tokens, including the EOS that ended the request (if one did)
     prompt_len: int
+
+
+def _set_rows_prefix(full_bx, new_bx, rows_b, slot_axis):
+    """full[rows_b[i], ..., :p, ...] = new[i] along `slot_axis` (p = new's slot count); out-of-range rows dropped."""
+    index = (rows_b,) + (slice(None),) * (slot_axis - 1) + (slice(0, new_bx.shape[slot_axis]),)
+    return full_bx.at[index].set(new_bx, mode="drop")
 
 
 def _is_eos(token_b, eos_e):
@@ -50,8 +56,8 @@ def _admit(cfg, params, state, ids_bp, mask_bp, rows_b, limits_b, eos_e, key, *,
     cache, kv_mask, token, _, position = prefill(cfg, params, ids_bp, mask_bp, p, key, sampling)
     state = dict(state)
     # rows_b == num_slots marks a padding row of the bucket: the scatters below drop it.
-    state["cache"] = {name: state["cache"][name].at[:, rows_b, :, :p].set(cache[name], mode="drop")
-                      for name in ("k", "v")}
+    state["cache"] = map_cache(lambda full, new, axis: _set_rows_prefix(full, new, rows_b, axis), state["cache"],
+                               cache)
     row_mask = jnp.zeros((b, max_len), jnp.int32).at[:, :p].set(kv_mask)
     state["kv_mask"] = state["kv_mask"].at[rows_b].set(row_mask, mode="drop")
     state["write_pos"] = state["write_pos"].at[rows_b].set(p, mode="drop")
@@ -79,8 +85,8 @@ def _decode_chunk(cfg, params, state, eos_e, key, *, sampling, chunk, attend_len
     rows = jnp.arange(num_slots)
     full = state
     if attend_len < max_len:  # decode on a copy of the reachable prefix; write it back once at the end
-        state = {**state, "cache": {n: jax.lax.slice_in_dim(c, 0, attend_len, axis=3)
-                                    for n, c in state["cache"].items()},
+        state = {**state, "cache": map_cache(lambda c, axis: jax.lax.slice_in_dim(c, 0, attend_len, axis=axis),
+                                             state["cache"]),
                  "kv_mask": state["kv_mask"][:, :attend_len]}
 
     def cond(carry):
@@ -110,8 +116,8 @@ def _decode_chunk(cfg, params, state, eos_e, key, *, sampling, chunk, attend_len
 
     _, _, state, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), jnp.bool_(False), state, key))
     if attend_len < max_len:
-        state = {**state, "cache": {n: jax.lax.dynamic_update_slice_in_dim(full["cache"][n], c, 0, axis=3)
-                                    for n, c in state["cache"].items()},
+        state = {**state, "cache": map_cache(lambda f, c, axis: jax.lax.dynamic_update_slice_in_dim(f, c, 0, axis),
+                                             full["cache"], state["cache"]),
                  "kv_mask": jax.lax.dynamic_update_slice_in_dim(full["kv_mask"], state["kv_mask"], 0, axis=1)}
     return state
 
@@ -122,7 +128,7 @@ class DecodeEngine:
     def __init__(self, cfg: ModelConfig, params, num_slots: int, max_len: int, eos_ids: list[int],
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, seed: int = 0,
                  max_new_tokens: int = 3172, chunk: int = 64):
-        self.cfg, self.params = cfg, params
+        self.cfg, self.params = cfg, decode_params(params)  # per-layer weights, read in place by each step
         self.num_slots, self.max_len, self.max_new_tokens, self.chunk = num_slots, max_len, max_new_tokens, chunk
         self.sampling = SamplingParams(float(temperature), float(top_p), int(top_k), float(min_p))
         self._eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)

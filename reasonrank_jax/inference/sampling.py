@@ -51,11 +51,19 @@ def filtered_logits(logits_bv, params: SamplingParams):
     return logits_bv
 
 
+def greedy_token(logits_bv):
+    """jnp.argmax (first index of the maximum), as two vectorised reductions: XLA:CPU runs argmax's variadic
+    (value, index) reduce as scalar code, 5x slower over a vocabulary row than a max and a min."""
+    v = logits_bv.shape[-1]
+    best_b1 = jnp.max(logits_bv, axis=-1, keepdims=True)
+    return jnp.min(jnp.where(logits_bv == best_b1, jnp.arange(v), v), axis=-1)
+
+
 def next_token(logits_bv, key, params: SamplingParams):
     """(token_b, logprob_b): the chosen token and its log-probability under the raw model distribution (temperature
     1, no filters), which is what GRPO's importance ratios compare."""
     if params.greedy:
-        token_b = jnp.argmax(logits_bv, axis=-1)
+        token_b = greedy_token(logits_bv)
     else:
         token_b = jax.random.categorical(key, filtered_logits(logits_bv, params), axis=-1)
     logprob_b = jnp.take_along_axis(jax.nn.log_softmax(logits_bv.astype(jnp.float32), axis=-1),

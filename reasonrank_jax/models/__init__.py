@@ -2,8 +2,8 @@
 
 from reasonrank_jax.models.config import ModelConfig
 from reasonrank_jax.models.hf_io import checkpoint_summary, load_pretrained, save_pretrained
-from reasonrank_jax.models.transformer import (forward, forward_cached, init_cache, init_params,
+from reasonrank_jax.models.transformer import (decode_params, forward, forward_cached, init_cache, init_params,
                                                positions_from_mask)
 
 __all__ = ["ModelConfig", "load_pretrained", "save_pretrained", "checkpoint_summary", "forward", "forward_cached",
-           "init_cache", "init_params", "positions_from_mask"]
+           "decode_params", "init_cache", "init_params", "positions_from_mask"]
