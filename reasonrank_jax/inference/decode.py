@@ -19,7 +19,7 @@ import numpy as np
 
 from reasonrank_jax.inference.sampling import SamplingParams, next_token
 from reasonrank_jax.models.config import ModelConfig
-from reasonrank_jax.models.transformer import forward_cached, init_cache, map_cache, decode_params
+from reasonrank_jax.models.transformer import decode_params, forward_cached, init_cache, map_cache
 
 MIN_BUCKET = 16
 FIRST_SEGMENT = 512  # output room of the first cache segment, doubled per segment
@@ -136,7 +136,8 @@ def generate(cfg: ModelConfig, params, prompts: list[list[int]], max_new_tokens:
     (raw logits, temperature 1). The batch is padded to a power of two, prompts to a length bucket
     (`bucket_length`); the cache grows in segments (`cache_segments`) up to bucket + max_new_tokens slots.
     With a `mesh` ("data", "fsdp", "tensor"), the batch (and so the KV cache) is split over the data-parallel axes
-    ("data", "fsdp"); place params with `training.mesh.shard_params`.
+    ("data", "fsdp"); place params with `training.mesh.shard_params`. Stacked params are converted to the decode
+    layout on every call; when calling repeatedly, pass `models.decode_params(params)` once instead.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
@@ -156,8 +157,9 @@ def generate(cfg: ModelConfig, params, prompts: list[list[int]], max_new_tokens:
         ids, mask = jax.device_put((ids, mask), batch_sharding(mesh))
     eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)
     tokens, logprobs, lengths = jax.device_get(_generate(
-        cfg, decode_params(params), ids, mask, eos, jax.random.PRNGKey(seed), cache_lens=cache_segments(p, max_new_tokens),
-        max_new_tokens=int(max_new_tokens), sampling=sampling, num_eos=len(eos_ids), with_logprobs=return_logprobs))
+        cfg, decode_params(params), ids, mask, eos, jax.random.PRNGKey(seed),
+        cache_lens=cache_segments(p, max_new_tokens), max_new_tokens=int(max_new_tokens), sampling=sampling,
+        num_eos=len(eos_ids), with_logprobs=return_logprobs))
     outputs = [tokens[row, :lengths[row]].tolist() for row in range(len(prompts))]
     if return_logprobs:
         return outputs, [logprobs[row, :lengths[row]].tolist() for row in range(len(prompts))]

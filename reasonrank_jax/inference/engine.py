@@ -2,7 +2,8 @@
 write position, and a finished slot is refilled with the next queued request while the others keep decoding.
 
 Device state (one pytree, donated to every call, so the cache is updated in place):
-  cache (per layer {"k","v"}, see models.transformer)   kv_mask [slots, max_len]   write_pos, position, last_token [slots]
+  cache (a {"k", "v"} per layer, see models.transformer)   kv_mask [slots, max_len]
+  write_pos, position, last_token [slots]
   active [slots]   count [slots] (tokens generated)   limit [slots] (max new tokens)   tokens [slots, max_new_tokens]
 Two jitted programs: `_admit` (prefill a bucket of new prompts and insert them into free slots) and `_decode_chunk`
 (a `lax.while_loop` of up to `chunk` decode steps that returns early when a slot finishes, so it is refilled at once).
@@ -26,7 +27,7 @@ import numpy as np
 from reasonrank_jax.inference.decode import bucket_length, left_pad, prefill
 from reasonrank_jax.inference.sampling import SamplingParams, next_token
 from reasonrank_jax.models.config import ModelConfig
-from reasonrank_jax.models.transformer import forward_cached, init_cache, map_cache, decode_params
+from reasonrank_jax.models.transformer import decode_params, forward_cached, init_cache, map_cache
 
 
 class PromptTooLong(ValueError):

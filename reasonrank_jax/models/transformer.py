@@ -81,12 +81,11 @@ def map_cache(fn, *caches):
                  for layers in zip(*caches, strict=True))
 
 
-def _write_rows(cache_layer, new_btke, write_pos_b):
+def _write_rows(cache_layer, new_k_btke, new_v_btke, write_pos_b):
     """cache[b, ..., write_pos_b[b] + i, ...] = new[b, i] for keys and values: in-place scatters of the new tokens.
 
     Slots past the end of the cache are dropped (scatter semantics), never clamped onto earlier slots.
     """
-    new_k_btke, new_v_btke = new_btke
     b, t = new_k_btke.shape[:2]
     rows_bt = jnp.broadcast_to(jnp.arange(b)[:, None], (b, t))
     slots_bt = write_pos_b[:, None] + jnp.arange(t)[None, :]
@@ -126,10 +125,9 @@ def cached_attention(q_bkgte, k_bkes, v_bkse, write_pos_b, kv_mask_bs):
     """
     b, k, g, t, e = q_bkgte.shape
     s = k_bkes.shape[-1]
-    slot_s = jnp.arange(s)
     if t <= QUERY_BLOCK:
         query_slot_bt = write_pos_b[:, None] + jnp.arange(t)
-        mask_bts = (slot_s <= query_slot_bt[:, :, None]) & (kv_mask_bs[:, None, :] != 0)
+        mask_bts = (jnp.arange(s) <= query_slot_bt[:, :, None]) & (kv_mask_bs[:, None, :] != 0)
         return attend(q_bkgte, k_bkes, v_bkse, mask_bts)
     cq, ck = _divisor_block(t, QUERY_BLOCK), _divisor_block(s, KEY_BLOCK)
     scale = 1.0 / np.sqrt(e)
@@ -196,7 +194,7 @@ class Attention(nn.Module):
         if cache is None:
             out_bkgte = attend(q_bkgte, k_btke.transpose(0, 2, 3, 1), v_btke.transpose(0, 2, 1, 3), mask)
         else:  # mask is kv_mask_bs: which cache slots hold tokens; causality comes from the write positions
-            cache = _write_rows(cache, (k_btke, v_btke), write_pos_b)
+            cache = _write_rows(cache, k_btke, v_btke, write_pos_b)
             out_bkgte = cached_attention(q_bkgte, cache["k"].astype(dtype), cache["v"].astype(dtype), write_pos_b,
                                          mask)
         out_bthe = out_bkgte.transpose(0, 3, 1, 2, 4).reshape(b, t, h * e)
@@ -315,21 +313,17 @@ def decode_params(params):
 
 @jax.jit
 def _split_and_fuse_layers(stacked):  # one program, not one dispatch per leaf and layer
-    def fuse(modules, names):
-        fused = {"kernel": jnp.concatenate([modules[n]["kernel"] for n in names], axis=-1)}
-        if "bias" in modules[names[0]]:
-            fused["bias"] = jnp.concatenate([modules[n]["bias"] for n in names], axis=-1)
-        return fused
+    def fuse(modules, names, fused_name):
+        """modules with the projections `names` replaced by one whose outputs are theirs, concatenated."""
+        parts = [modules[n] for n in names]
+        fused = {leaf: jnp.concatenate([p[leaf] for p in parts], axis=-1) for leaf in parts[0]}  # kernel, bias
+        return {**{n: m for n, m in modules.items() if n not in names}, fused_name: fused}
 
     layers = []
     for i in range(jax.tree.leaves(stacked)[0].shape[0]):
         layer = jax.tree.map(lambda w: w[i], stacked)
-        attn, mlp = dict(layer["attn"]), dict(layer["mlp"])
-        attn["qkv_proj"] = fuse(attn, ("q_proj", "k_proj", "v_proj"))
-        mlp["gate_up_proj"] = fuse(mlp, ("gate_proj", "up_proj"))
-        for name in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
-            attn.pop(name, None), mlp.pop(name, None)
-        layers.append({**layer, "attn": attn, "mlp": mlp})
+        layers.append({**layer, "attn": fuse(layer["attn"], ("q_proj", "k_proj", "v_proj"), "qkv_proj"),
+                       "mlp": fuse(layer["mlp"], ("gate_proj", "up_proj"), "gate_up_proj")})
     return tuple(layers)
 
 
