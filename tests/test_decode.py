@@ -170,7 +170,7 @@ def test_sampling_frequencies_match_the_softmax():
 
 @pytest.mark.parametrize("max_len, long_prompts", [(64, []), (1100, [250, 300])])
 def test_engine_matches_generate_with_refills_and_per_request_limits(model_pair, max_len, long_prompts, monkeypatch):
-    """max_len 1100: chunks attend to a prefix of the cache (256, 384 or 768 slots) that grows and shrinks as long
+    """max_len 1100: chunks attend to a prefix of the cache (256, 320 or 640 slots) that grows and shrinks as long
     prompts come and go."""
     from reasonrank_jax.inference import engine as engine_module
 
@@ -201,9 +201,33 @@ def test_engine_matches_generate_with_refills_and_per_request_limits(model_pair,
     if max_len == 64:
         assert set(attend_lens) == {64}
     else:
-        assert {256, 768} <= set(attend_lens) <= {256, 384, 768}
+        assert {256, 640} <= set(attend_lens) <= {256, 320, 640}
     with pytest.raises(ValueError, match="max_len"):
         engine.submit("too long", list(range(max_len - 4)), 10)
+
+
+def test_engine_chunks_stop_at_the_end_of_the_attended_prefix(model_pair, monkeypatch):
+    """With 8-slot attend buckets every chunk of 40 steps runs into the end of its prefix within a few tokens: the
+    chunk must stop there (a write past it would be lost) and the next one attend to a longer prefix."""
+    from reasonrank_jax.inference import engine as engine_module
+
+    attend_lens = []
+    decode_chunk = engine_module._decode_chunk
+    monkeypatch.setattr(engine_module, "_decode_chunk",
+                        lambda *a, **kw: attend_lens.append(kw["attend_len"]) or decode_chunk(*a, **kw))
+    monkeypatch.setattr(engine_module, "attend_bucket", lambda n: -(-n // 8) * 8)
+    _, cfg, params = model_pair
+    prompts = _prompts(7, [3, 17, 9, 30])
+    expected = generate(cfg, params, prompts, 30, [])
+    engine = DecodeEngine(cfg, params, num_slots=2, max_len=80, eos_ids=[], max_new_tokens=30, chunk=40)
+    for i, prompt in enumerate(prompts):
+        engine.submit(i, prompt)
+    got = {}
+    while engine.has_work():
+        got.update((f.request_id, f.tokens) for f in engine.step())
+    assert [got[i] for i in range(len(prompts))] == expected
+    # each pair is admitted together and so left-padded to bucket 32; the 29 decode steps write slots 32..60
+    assert set(attend_lens) == {40, 48, 56, 64}
 
 
 def test_generate_with_the_batch_sharded_over_a_mesh(model_pair):
@@ -224,7 +248,8 @@ def test_prompt_buckets_are_powers_of_two_then_quarter_octaves(n, expected):
     assert bucket_length(n) == expected
 
 
-@pytest.mark.parametrize("n, expected", [(1, 256), (257, 384), (385, 512), (513, 768), (769, 1024), (5000, 6144),
-                                         (19556, 24576)])
-def test_attend_buckets_are_powers_of_two_and_one_and_a_half_times(n, expected):
+@pytest.mark.parametrize("n, expected", [(1, 256), (256, 256), (257, 320), (321, 384), (449, 512), (513, 640),
+                                         (769, 896), (1000, 1024), (1025, 1280), (5000, 5120), (7169, 8192),
+                                         (19556, 20480)])
+def test_attend_buckets_are_quarter_octaves(n, expected):
     assert attend_bucket(n) == expected
