@@ -8,8 +8,9 @@ so rankings depend on the model's outputs and both schedules must produce the sa
 
     python benchmarks/bench_scheduler.py [--queries 12] [--slots 8] [--median 600] [--min 150] [--max 2000]
                                          [--prompt 64] [--intermediate 128] [--max-len N] [--full-cache] [--repeats 2]
+                                         [--device cpu|gpu]
 
-The engine's decode chunks attend to the reachable cache prefix, whose length is set by the deepest slot: the slot
+The engine's decode chunks attend to the written cache prefix, whose length is set by the deepest slot: the slot
 scheduler always has some slot deep into a trace, while a barrier wave starts all its slots together, so when KV
 reads dominate a step (the default tiny model) prefix attention helps the barrier more. --full-cache also times both
 schedules attending to the whole cache (constant step cost, so the comparison isolates scheduling).
@@ -24,9 +25,7 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 class LengthControlledEngine:
@@ -120,7 +119,11 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, help="KV cache slots per sequence (default: prompt bucket + --max)")
     parser.add_argument("--full-cache", action="store_true", help="also time chunks that attend to the whole cache")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each schedule (best wall kept)")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="gpu: JAX's CUDA backend")
     args = parser.parse_args()
+    os.environ.setdefault("JAX_PLATFORMS", "cuda" if args.device == "gpu" else "cpu")  # before JAX is imported
+
+    import jax
 
     from reasonrank_jax.inference.decode import bucket_length
     from reasonrank_jax.inference.rerank import make_query_state, rerank_barrier, rerank_slots
@@ -156,8 +159,8 @@ def main() -> None:
     values = np.array(list(lengths.values()))
     print(f"workload: {args.queries} queries x 9 windows, {args.prompt}-token prompts, {args.slots} slots, KV cache "
           f"{max_len} slots, trace lengths median {np.median(values):.0f} (min {values.min()}, max {values.max()}), "
-          f"{tokens} tokens decoded; model d{cfg.hidden_size} f{cfg.intermediate_size}, load average "
-          f"{os.getloadavg()[0]:.1f}")
+          f"{tokens} tokens decoded; model d{cfg.hidden_size} f{cfg.intermediate_size}, {jax.devices()[0].platform}, "
+          f"load average {os.getloadavg()[0]:.1f}")
 
     def row(name, stats):
         print(f"{name:40s} {stats['wall']:7.2f} s wall {stats['cpu']:7.2f} s cpu {stats['steps']:6d} decode steps, "
