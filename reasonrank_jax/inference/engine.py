@@ -74,8 +74,8 @@ def _admit(cfg, params, state, ids_bp, mask_bp, rows_b, limits_b, eos_e, key, *,
 
 def attend_bucket(n: int, minimum: int = 256) -> int:
     """Smallest multiple of a quarter octave (2^m * {1, 1.25, 1.5, 1.75}) that is >= max(n, minimum): a decode step
-    attends to at most 25% more slots than it needs (10% on average), at four compiled programs per octave."""
-    n = max(n, minimum)
+    attends to at most 25% more slots than it needs (about 10% on average), at four compiled programs per octave."""
+    n = max(n, minimum, 2)
     step = 1 << max(math.floor(math.log2(n - 1)) - 2, 0)
     return -(-n // step) * step
 
