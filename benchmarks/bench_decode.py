@@ -37,24 +37,24 @@ def copy_bandwidth_gbs(device: str) -> float:
         import torch
 
         src = torch.ones(256 * 2**20, dtype=torch.float32, device="cuda")  # 1 GiB
-        dst = torch.empty_like(src)
-        best = float("inf")
-        for _ in range(6):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
+        dst, nbytes = torch.empty_like(src), src.numel() * 4
+
+        def copy():
             dst.copy_(src)
             torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-        return 2 * src.numel() * 4 / best / 1e9
-    src = np.ones(64 * 2**20, np.float32)  # 256 MiB
-    dst = np.empty_like(src)
-    np.copyto(dst, src)
+    else:
+        src = np.ones(64 * 2**20, np.float32)  # 256 MiB
+        dst, nbytes = np.empty_like(src), src.nbytes
+
+        def copy():
+            np.copyto(dst, src)
+    copy()
     best = float("inf")
     for _ in range(5):
         start = time.perf_counter()
-        np.copyto(dst, src)
+        copy()
         best = min(best, time.perf_counter() - start)
-    return 2 * src.nbytes / best / 1e9
+    return 2 * nbytes / best / 1e9
 
 
 def build_model(size: str, path: str, device: str):
@@ -95,13 +95,12 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cuda" if args.device == "gpu" else "cpu")  # before JAX is imported
 
+    import jax
     import torch
 
     from reasonrank_jax.inference import generate
     from reasonrank_jax.inference.decode import bucket_length, cache_segments
     from reasonrank_jax.models import decode_params, load_pretrained
-
-    import jax
 
     torch.set_num_threads(os.cpu_count() or 1)
     if args.device == "gpu":  # fp32 on both sides: no TF32 shortcuts in either framework's matmuls
