@@ -57,12 +57,12 @@ def test_greedy_matches_transformers_token_for_token_on_a_ragged_batch(model_pai
 
 
 def test_greedy_matches_transformers_across_cache_segments(model_pair, monkeypatch):
-    """A small first segment makes the cache grow twice (64 -> 128 -> 192 slots) during generation; an EOS hit
-    in the first segment still ends the whole loop."""
+    """A small first segment makes the cache grow six times (64 -> 80 -> ... -> 192 slots) during generation; an
+    EOS hit in the first segment still ends the whole loop."""
     from reasonrank_jax.inference import decode
 
-    monkeypatch.setattr(decode, "FIRST_SEGMENT", 16)
-    assert decode.cache_segments(16, 130) == (64, 128, 192)
+    monkeypatch.setattr(decode, "MIN_SEGMENT", 64)
+    assert decode.cache_segments(16, 130) == (64, 80, 96, 112, 128, 160, 192)
     model, cfg, params = model_pair
     prompts = _prompts(7, [9, 16, 2])
     ours = generate(cfg, params, prompts, max_new_tokens=130, eos_ids=[])
@@ -99,13 +99,32 @@ def test_greedy_token_is_argmax_with_first_index_on_ties():
     np.testing.assert_array_equal(np.asarray(greedy_token(jnp.asarray(logits))), expected)
 
 
-@pytest.mark.parametrize("prompt_len, max_new, first, expected", [
-    (64, 64, 512, (128,)), (16, 3172, 512, (576, 1088, 2112, 3200)), (8192, 3172, 512, (8704, 9216, 10240, 11392)),
-    (16, 130, 8, (64, 128, 192))])
-def test_cache_segments(prompt_len, max_new, first, expected):
+@pytest.mark.parametrize("prompt_len, max_new, minimum, expected", [
+    (64, 64, 256, (128,)),  # everything fits below the minimum segment
+    (64, 256, 256, (256, 320)),
+    (1024, 256, 256, (1280,)),  # a quarter octave above 1024 holds the 256 new tokens
+    # long prompt: the output room doubles (256, 512, 1024, 2048) until a quarter octave (2048) is the smaller step
+    (8192, 3172, 256, (8448, 8704, 9216, 10240, 11392)),
+    # short prompt: quarter octaves 20, 24, 28, 32 (step 4), 40 .. 64 (step 8), 80 .. 128 (16), then 160 and the end
+    (16, 130, 16, (20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192))])
+def test_cache_segments(prompt_len, max_new, minimum, expected):
     from reasonrank_jax.inference.decode import cache_segments
 
-    assert cache_segments(prompt_len, max_new, first) == expected
+    assert cache_segments(prompt_len, max_new, minimum) == expected
+
+
+def test_cache_segments_bound_the_attended_slots():
+    """Every decode step attends to its segment: never more than max(minimum, 1.25 x the slots it needs, the
+    prompt + twice the output so far), and the last segment holds prompt + max_new_tokens."""
+    from reasonrank_jax.inference.decode import cache_segments
+
+    for prompt_len, max_new in [(16, 3172), (64, 256), (1024, 3172), (4096, 3172), (9000, 700), (300, 5)]:
+        sizes = cache_segments(prompt_len, max_new)
+        assert sizes[-1] >= prompt_len + max_new and list(sizes) == sorted(set(sizes))
+        for step in range(1, max_new):
+            needed = prompt_len + step  # slots written after step `step` (its input token at slot p + step - 1)
+            attended = next(size for size in sizes if size >= needed)
+            assert attended <= max(256, 1.25 * needed + 64, prompt_len + 2 * step + 64), (prompt_len, step)
 
 
 def test_eos_stops_each_sequence_and_is_included(model_pair):

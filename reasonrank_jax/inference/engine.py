@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import collections
 import functools
-import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reasonrank_jax.inference.decode import bucket_length, left_pad, prefill
+from reasonrank_jax.inference.decode import attend_bucket, bucket_length, left_pad, prefill
 from reasonrank_jax.inference.sampling import SamplingParams, next_token
 from reasonrank_jax.models.config import ModelConfig
 from reasonrank_jax.models.transformer import decode_params, forward_cached, init_cache, map_cache
@@ -70,14 +69,6 @@ def _admit(cfg, params, state, ids_bp, mask_bp, rows_b, limits_b, eos_e, key, *,
     state["tokens"] = state["tokens"].at[rows_b, 0].set(token, mode="drop")
     state["active"] = state["active"].at[rows_b].set(~_is_eos(token, eos_e) & (limits_b > 1), mode="drop")
     return state
-
-
-def attend_bucket(n: int, minimum: int = 256) -> int:
-    """Smallest multiple of a quarter octave (2^m * {1, 1.25, 1.5, 1.75}) that is >= max(n, minimum): a decode step
-    attends to at most 25% more slots than it needs (about 10% on average), at four compiled programs per octave."""
-    n = max(n, minimum, 2)
-    step = 1 << max(math.floor(math.log2(n - 1)) - 2, 0)
-    return -(-n // step) * step
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling", "chunk", "attend_len"), donate_argnums=(2,))
