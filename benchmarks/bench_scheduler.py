@@ -7,8 +7,8 @@ and no EOS, so both schedules decode exactly the same tokens; each window's answ
 so rankings depend on the model's outputs and both schedules must produce the same TREC run.
 
     python benchmarks/bench_scheduler.py [--queries 12] [--slots 8] [--median 600] [--min 150] [--max 2000]
-                                         [--prompt 64] [--intermediate 128] [--max-len N] [--full-cache] [--repeats 2]
-                                         [--device cpu|gpu]
+                                         [--prompt 64] [--intermediate 128] [--max-len N] [--full-cache] [--fifo]
+                                         [--repeats 2] [--device cpu|gpu]
 
 The engine's decode chunks attend to the written cache prefix, whose length is set by the deepest slot: the slot
 scheduler always has some slot deep into a trace, while a barrier wave starts all its slots together, so when KV
@@ -31,12 +31,12 @@ import numpy as np
 class LengthControlledEngine:
     """The real engine; each request's trace length comes from a fixed table, so both schedules decode the same."""
 
-    def __init__(self, engine, lengths: dict):
-        self.engine, self.lengths = engine, lengths
+    def __init__(self, engine, lengths: dict, fifo: bool = False):
+        self.engine, self.lengths, self.fifo = engine, lengths, fifo
         self.num_slots = engine.num_slots
 
-    def submit(self, request_id, prompt_ids, max_new_tokens=None):
-        self.engine.submit(request_id, prompt_ids, self.lengths[request_id])
+    def submit(self, request_id, prompt_ids, max_new_tokens=None, priority=0):
+        self.engine.submit(request_id, prompt_ids, self.lengths[request_id], 0 if self.fifo else priority)
 
     def step(self):
         return self.engine.step()
@@ -87,14 +87,15 @@ def warm_up(engine, prompt_len: int, max_new: int) -> None:
         engine.step()
 
 
-def run_schedule(schedule, cfg, params, states, lengths, slots, max_len, max_new, prompt, full_cache=False):
+def run_schedule(schedule, cfg, params, states, lengths, slots, max_len, max_new, prompt, full_cache=False,
+                 fifo=False):
     from reasonrank_jax.inference.engine import DecodeEngine
 
     engine_cls = full_cache_engine if full_cache else DecodeEngine
     decoder = engine_cls(cfg, params, num_slots=slots, max_len=max_len, eos_ids=[], max_new_tokens=max_new, chunk=64)
     warm_up(decoder, prompt, max_new)
     decoder.tokens_in = decoder.tokens_out = decoder.decode_steps = decoder.attended_slots = 0
-    engine = LengthControlledEngine(decoder, lengths)
+    engine = LengthControlledEngine(decoder, lengths, fifo)
     rankings = {}
     start, cpu_start = time.perf_counter(), time.process_time()
     schedule(engine, states, TokenPrompter(cfg.vocab_size, prompt),
@@ -118,6 +119,9 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=64, help="prompt tokens per window (BRIGHT: thousands)")
     parser.add_argument("--max-len", type=int, help="KV cache slots per sequence (default: prompt bucket + --max)")
     parser.add_argument("--full-cache", action="store_true", help="also time chunks that attend to the whole cache")
+    parser.add_argument("--fifo", action="store_true",
+                        help="also time the slot scheduler with free slots filled in submission order (no priority "
+                             "for the query with the most windows left)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each schedule (best wall kept)")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="gpu: JAX's CUDA backend")
     args = parser.parse_args()
@@ -144,18 +148,21 @@ def main() -> None:
             lengths[(state.qid, w)] = int(np.clip(draw, args.min, args.max))
     max_new = args.max
     max_len = args.max_len or bucket_length(args.prompt) + max_new
-    def timed(schedule, full_cache=False):
+    def timed(schedule, full_cache=False, fifo=False):
         return run_schedule(schedule, cfg, params, states(), lengths, args.slots, max_len, max_new, args.prompt,
-                            full_cache)
+                            full_cache, fifo)
 
     # Interleaved repeats (barrier, slots, barrier, slots, ...), best wall time of each: this VM's speed drifts by
     # tens of percent over minutes, and a fixed order would hand the drift to one side.
-    barrier = slots = None
+    best = lambda new, old: new if old is None or new["wall"] < old["wall"] else old  # noqa: E731
+    barrier = slots = fifo = None
     for _ in range(args.repeats):
         run_b, barrier_run, tokens = timed(rerank_barrier)
         run_s, slots_run, tokens2 = timed(rerank_slots)
-        barrier = run_b if barrier is None or run_b["wall"] < barrier["wall"] else barrier
-        slots = run_s if slots is None or run_s["wall"] < slots["wall"] else slots
+        barrier, slots = best(run_b, barrier), best(run_s, slots)
+        if args.fifo:
+            run_f, fifo_run, _ = timed(rerank_slots, fifo=True)
+            fifo = best(run_f, fifo)
     values = np.array(list(lengths.values()))
     print(f"workload: {args.queries} queries x 9 windows, {args.prompt}-token prompts, {args.slots} slots, KV cache "
           f"{max_len} slots, trace lengths median {np.median(values):.0f} (min {values.min()}, max {values.max()}), "
@@ -174,6 +181,10 @@ def main() -> None:
     row("slot scheduler (ours)", slots)
     print(f"speed-up: {ratios(barrier, slots)}; identical TREC runs: {barrier_run == slots_run}; "
           f"same tokens decoded: {tokens == tokens2}")
+    if args.fifo:
+        row("slot scheduler, slots filled first come first served", fifo)
+        print(f"most windows left first vs first come first served: {ratios(fifo, slots)}; identical TREC runs: "
+              f"{fifo_run == slots_run}")
     if args.full_cache:
         full_barrier, run_a, _ = timed(rerank_barrier, full_cache=True)
         full_slots, run_b, _ = timed(rerank_slots, full_cache=True)

@@ -225,6 +225,17 @@ def test_engine_matches_generate_with_refills_and_per_request_limits(model_pair,
         engine.submit("too long", list(range(max_len - 4)), 10)
 
 
+def test_engine_admits_the_highest_priority_first(model_pair):
+    _, cfg, params = model_pair
+    engine = DecodeEngine(cfg, params, num_slots=1, max_len=64, eos_ids=[], max_new_tokens=4)
+    for name, prompt, priority in zip("abcd", _prompts(3, [5, 6, 7, 8]), [0, 2, 2, 1]):
+        engine.submit(name, prompt, 3, priority=priority)
+    order = []
+    while engine.has_work():
+        order += [finished.request_id for finished in engine.step()]
+    assert order == ["b", "c", "d", "a"]  # equal priorities in submission order
+
+
 def test_engine_chunks_stop_at_the_end_of_the_attended_prefix(model_pair, monkeypatch):
     """With 8-slot attend buckets every chunk of 40 steps runs into the end of its prefix within a few tokens: the
     chunk must stop there (a write past it would be lost) and the next one attend to a longer prefix."""

@@ -72,9 +72,12 @@ class FakeEngine:
 
     def __init__(self, num_slots, seed):
         self.num_slots, self.rng, self.active, self.queue = num_slots, random.Random(seed), [], []
+        self.priority = {}
 
-    def submit(self, request_id, prompt_ids, max_new_tokens=None):
+    def submit(self, request_id, prompt_ids, max_new_tokens=None, priority=0):
+        self.priority[request_id] = priority
         self.queue.append((request_id, prompt_ids))
+        self.queue.sort(key=lambda item: -self.priority[item[0]])  # stable: FIFO among equals
 
     def has_work(self):
         return bool(self.queue or self.active)
@@ -113,6 +116,22 @@ def test_slot_scheduler_and_barrier_give_identical_rankings():
             assert sorted(done[state.qid]) == sorted(d for d in _states(0)[int(state.qid[1:])].docids)
         results.append(done)
     assert results[0] == results[1] == results[2]
+
+
+def test_slot_scheduler_gives_free_slots_to_the_query_with_most_windows_left():
+    """One slot, all three queries in flight, with 1, 9 and 5 windows (10, 100 and 60 candidates at 20/10): the
+    100-candidate query b runs alone until its windows left fall to c's 5, then they alternate (equal priorities in
+    submission order: c's fifth-from-last window waited longer than b's); at one window left each, a (queued since
+    the start) goes first."""
+    states = [make_query_state(qid, qid, [f"{qid}{j}" for j in range(n)]) for qid, n in
+              (("a", 10), ("b", 100), ("c", 60))]
+    assert [len(s.windows) for s in states] == [1, 9, 5]
+    order = []
+    engine = FakeEngine(1, 0)
+    engine.rng.randint = lambda low, high: 1  # every trace takes one step
+    rerank_slots(engine, states, FakePrompter(), on_window=lambda record: order.append(record["qid"]),
+                 max_in_flight=3)
+    assert order == ["b"] * 4 + ["c", "b"] * 4 + ["a", "c", "b"]
 
 
 # ---------------------------------------------------------------------------------------------- end to end

@@ -16,8 +16,9 @@ prompt (and, when sampling, on the engine's key stream), not on which requests s
 
 from __future__ import annotations
 
-import collections
 import functools
+import heapq
+import itertools
 from typing import Any, NamedTuple
 
 import jax
@@ -133,14 +134,18 @@ class DecodeEngine:
             "cache": init_cache(cfg, num_slots, max_len), "kv_mask": jnp.zeros((num_slots, max_len), jnp.int32),
             "write_pos": zeros(), "position": zeros(), "last_token": zeros(), "active": zeros(bool),
             "count": zeros(), "limit": zeros(), "tokens": jnp.zeros((num_slots, max_new_tokens), jnp.int32)}
-        self._queue: collections.deque = collections.deque()
+        # waiting requests, a heap of (-priority, submission number, (request_id, prompt, limit))
+        self._queue: list = []
+        self._submitted = itertools.count()
         self._slot_request: list[tuple[Any, int] | None] = [None] * num_slots
         self._start = np.zeros(num_slots, np.int64)  # cache slot of each slot's first generated token (its bucket)
         self._count = np.zeros(num_slots, np.int64)  # tokens generated, as of the last sync
         self.tokens_in = self.tokens_out = 0
         self.decode_steps = self.attended_slots = 0  # batched decode steps run; sum of their attended cache lengths
 
-    def submit(self, request_id, prompt_ids: list[int], max_new_tokens: int | None = None) -> None:
+    def submit(self, request_id, prompt_ids: list[int], max_new_tokens: int | None = None,
+               priority: float = 0) -> None:
+        """Queue a request. Free slots take the highest priority first, equal priorities in submission order."""
         limit = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
         if not 1 <= limit <= self.max_new_tokens:
             raise ValueError(f"max_new_tokens must be in 1..{self.max_new_tokens}, got {limit}")
@@ -149,7 +154,7 @@ class DecodeEngine:
         if bucket_length(len(prompt_ids)) + limit > self.max_len:
             raise PromptTooLong(f"prompt of {len(prompt_ids)} tokens (bucket {bucket_length(len(prompt_ids))}) + "
                              f"{limit} new tokens does not fit max_len={self.max_len}")
-        self._queue.append((request_id, list(prompt_ids), limit))
+        heapq.heappush(self._queue, (-priority, next(self._submitted), (request_id, list(prompt_ids), limit)))
 
     def has_work(self) -> bool:
         return bool(self._queue) or any(r is not None for r in self._slot_request)
@@ -162,11 +167,11 @@ class DecodeEngine:
         free = [slot for slot, r in enumerate(self._slot_request) if r is None]
         batch = []
         while self._queue and len(batch) < len(free):
-            request_id, prompt, limit = self._queue[0]
-            p = bucket_length(max([len(prompt)] + [len(x[1]) for x in batch]))
-            if any(p + x[2] > self.max_len for x in batch + [self._queue[0]]):
+            request = self._queue[0][-1]
+            p = bucket_length(max(len(x[1]) for x in batch + [request]))
+            if any(p + x[2] > self.max_len for x in batch + [request]):
                 break  # this prompt would push a neighbour's bucket past the cache; admit it next time
-            batch.append(self._queue.popleft())
+            batch.append(heapq.heappop(self._queue)[-1])
         if not batch:
             return
         p = bucket_length(max(len(x[1]) for x in batch))

@@ -2,7 +2,8 @@
 
 - `rerank_slots` (ours): windows of one query are sequential, different queries are independent, so whenever a
   query's window finishes its answer is parsed and applied and that query's next window is submitted at once; the
-  engine's slots stay full and nobody waits for the slowest trace.
+  engine's slots stay full and nobody waits for the slowest trace. A free slot goes to the query with the most
+  windows left, so the run does not end with one long query decoding alone.
 - `rerank_barrier` (the original's schedule): window position w for every query, wait for all, then w - 1.
 Both produce identical rankings (greedy decoding of a request depends only on its prompt).
 """
@@ -94,7 +95,10 @@ def rerank_slots(engine, states: Iterable[QueryState], prompter: WindowPrompter,
 
     def submit(state):
         window = state.windows[state.next_window]
-        engine.submit((state.qid, state.next_window), prompter.prompt_ids(state, window))
+        # Most windows left first: a query's windows run one after another, so the query with the most left is the
+        # one that would otherwise finish last, with the other slots idle (longest-remaining-chain-first).
+        engine.submit((state.qid, state.next_window), prompter.prompt_ids(state, window),
+                      priority=len(state.windows) - state.next_window)
         in_flight[state.qid] = state
 
     while waiting or in_flight:
