@@ -2,10 +2,11 @@
 
 The KV cache lives inside the program (created, updated in place and dropped there); no host round trip per token;
 the loop ends as soon as every sequence has produced an EOS or `max_new_tokens`. Every decode step reads the whole
-cache it attends to, so the cache grows with the output: it starts at prompt + FIRST_SEGMENT slots and doubles the
-output room (one copy, then a while_loop per segment) up to prompt + max_new_tokens; a run that stops early
-(reasoning traces of ~750 tokens under a 3172-token cap) never attends to room it did not use. Prompts are
-left-padded to a length bucket (`bucket_length`), so a run compiles a handful of programs, not one per batch.
+cache it attends to, so the cache grows with the output in segments of a quarter octave or less (`cache_segments`;
+one copy, then a while_loop per segment) up to prompt + max_new_tokens: a step reads at most ~25% more slots than
+are written, and a run that stops early (reasoning traces of ~750 tokens under a 3172-token cap) never attends to
+room it did not use. Prompts are left-padded to a length bucket (`bucket_length`), so a run compiles a handful of
+programs, not one per batch.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def attend_bucket(n: int, minimum: int = 256) -> int:
 
 
 def cache_segments(prompt_len: int, max_new_tokens: int, minimum: int | None = None) -> tuple[int, ...]:
-    """Growing cache sizes (multiples of 64) for a prompt bucket and an output cap; the last holds everything.
+    """Growing cache sizes for a prompt bucket and an output cap (multiples of 64 for minimum >= 256); the last
+    holds everything.
 
     Each segment grows the row by at most a quarter octave of its length (`attend_bucket`) and at most doubles the
     output room (at least `minimum` slots at a time), so a decode step attends to at most ~25% more slots than the
