@@ -49,7 +49,7 @@ def left_pad(prompts: list[list[int]], length: int, batch: int, pad_id: int = 0)
     return ids, mask
 
 
-def attend_bucket(n: int, minimum: int = 256) -> int:
+def attend_bucket(n: int, minimum: int = MIN_SEGMENT) -> int:
     """Smallest multiple of a quarter octave (2^m * {1, 1.25, 1.5, 1.75}) that is >= max(n, minimum): a decode step
     attends to at most 25% more slots than it needs (about 10% on average), at four compiled sizes per octave."""
     n = max(n, minimum, 2)

@@ -1,5 +1,6 @@
 """A continuous-batching decode engine: `num_slots` sequences decode together, each slot with its own cache row and
-write position, and a finished slot is refilled with the next queued request while the others keep decoding.
+write position, and a finished slot is refilled with the queued request of highest priority (then the oldest)
+while the others keep decoding.
 
 Device state (one pytree, donated to every call, so the cache is updated in place):
   cache (a {"k", "v"} per layer, see models.transformer)   kv_mask [slots, max_len]
