@@ -5,7 +5,8 @@
   engine's slots stay full and nobody waits for the slowest trace. A free slot goes to the query with the most
   windows left, so the run does not end with one long query decoding alone.
 - `rerank_barrier` (the original's schedule): window position w for every query, wait for all, then w - 1.
-Both produce identical rankings (greedy decoding of a request depends only on its prompt).
+Both produce the same rankings (greedy decoding of a request depends only on its prompt, up to floating-point
+rounding that can flip a near-tie: see engine.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,62 @@
+"""The benchmark scripts run (tiny workloads), and the side-by-side timing hands turns out in order."""
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_scheduler  # noqa: E402
+
+
+def test_baton_takes_turns_in_order_and_skips_finished_schedules():
+    baton = bench_scheduler.Baton(["a", "b", "c"])
+    log = []
+
+    def schedule(name, steps):
+        baton.acquire(name)
+        for i in range(steps):
+            log.append(f"{name}{i}")
+            baton.release(name, done=i == steps - 1)
+            if i < steps - 1:
+                baton.acquire(name)
+
+    threads = [threading.Thread(target=schedule, args=args) for args in [("c", 1), ("b", 3), ("a", 2)]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert log == ["a0", "b0", "c0", "a1", "b1", "b2"]
+    assert set(baton.wall) == {"a", "b", "c"} and all(t >= 0 for t in baton.wall.values())
+
+
+def test_bench_scheduler_tiny_workload_gives_identical_runs():
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_scheduler.py"), "--queries", "3", "--slots", "2", "--median", "20",
+         "--min", "8", "--max", "40", "--prompt", "16", "--repeats", "1", "--fifo"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr
+    assert "identical TREC runs: True; same tokens decoded: True" in out.stdout
+    bound_line = next(line for line in out.stdout.splitlines() if line.startswith("decode steps of any schedule"))
+    bound = int(bound_line.split(">=")[1].split()[0])
+    for line in out.stdout.splitlines():
+        if "decode steps (" in line:  # every schedule takes at least the lower bound of steps
+            steps = int(line.split("decode steps (")[0].split()[-1])
+            assert steps >= bound
+
+
+def test_bench_decode_tiny_run_prints_a_row():
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_decode.py"), "--sizes", "tiny", "--batches", "2", "--lengths", "16:8",
+         "--repeats", "1"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith("tiny")]
+    assert len(rows) == 1
+    _, _, prompt, new, batch, ours, theirs, ratio, _ = rows[0]
+    assert (prompt, new, batch) == ("16", "8", "2")
+    assert float(ours) > 0 and float(theirs) > 0
+    assert abs(float(ratio.rstrip("x")) - float(ours) / float(theirs)) < 0.01
