@@ -89,10 +89,10 @@ class LengthControlledEngine:
 
 def full_cache_engine(*args, **kwargs):
     """The engine with prefix attention switched off: every chunk attends to all max_len cache slots."""
-    from reasonrank_jax.inference.engine import KV_BLOCK, DecodeEngine
+    from reasonrank_jax.inference.engine import DecodeEngine
 
     engine = DecodeEngine(*args, **kwargs)
-    engine._row_blocks = lambda slot: engine.max_len // KV_BLOCK
+    engine._attend_len = lambda: engine.max_len
     return engine
 
 
@@ -163,7 +163,7 @@ def run_side_by_side(contestants, cfg, params, states, lengths, slots, max_len, 
     if errors:
         raise errors[0]
     return {name: {"wall": baton.wall[name], "cpu": baton.cpu[name], "steps": decoder.decode_steps,
-                   "attend": decoder.attended_slots / max(decoder.decode_steps, 1) / slots, "tokens": decoder.tokens_out,
+                   "attend": decoder.attended_slots / max(decoder.decode_steps, 1), "tokens": decoder.tokens_out,
                    "run": results[name]}
             for name, _, decoder, _ in runs}
 
@@ -236,7 +236,7 @@ def main() -> None:
 
     def row(name, stats):
         print(f"{name:40s} {stats['wall']:7.2f} s wall {stats['cpu']:7.2f} s cpu {stats['steps']:6d} decode steps "
-              f"({stats['steps'] / bound - 1:+.0%} over the bound), {stats['attend']:5.0f} cache slots read per row")
+              f"({stats['steps'] / bound - 1:+.0%} over the bound), mean attended cache {stats['attend']:6.0f} slots")
 
     def ratios(a, b):
         return (f"{a['wall'] / b['wall']:.2f}x wall, {a['cpu'] / b['cpu']:.2f}x cpu, "

@@ -187,49 +187,16 @@ def test_sampling_frequencies_match_the_softmax():
                                [0.4 / 0.9, 0.3 / 0.9, 0.2 / 0.9, 0, 0], atol=0.015)
 
 
-def _record_block_tables(monkeypatch):
-    """Wraps the engine's decode chunk: per call, the listed (row, block) pairs, and each row's write position and
-    activity before and after the chunk."""
-    from reasonrank_jax.inference import engine as engine_module
-
-    calls = []
-    decode_chunk = engine_module._decode_chunk
-
-    def recording(cfg, params, state, eos, key, blocks, room, **kw):
-        before = (np.asarray(state["write_pos"]), np.asarray(state["active"]))
-        listed = [(int(r), int(b)) for r, b, v in zip(*map(np.asarray, blocks)) if v]
-        state = decode_chunk(cfg, params, state, eos, key, blocks, room, **kw)
-        calls.append((listed, *before, np.asarray(state["write_pos"])))
-        return state
-
-    monkeypatch.setattr(engine_module, "_decode_chunk", recording)
-    return calls
-
-
-def _check_block_tables(calls, chunk):
-    """Every active row lists blocks 0..n-1 that hold all it writes in the chunk, and not more than the chunk can
-    reach (rows read their own blocks, not the longest row's); returns the per-row block counts of each call."""
-    from reasonrank_jax.models.transformer import KV_BLOCK
-
-    counts = []
-    for listed, write_before, active, write_after in calls:
-        per_row = {}
-        for row, block in listed:
-            per_row.setdefault(row, []).append(block)
-        for row, blocks in per_row.items():
-            assert blocks == list(range(len(blocks)))
-        for row in np.flatnonzero(active):
-            n = len(per_row.get(row, []))
-            assert write_after[row] <= n * KV_BLOCK  # slots written so far, this chunk's included, are listed
-            assert n * KV_BLOCK < write_before[row] + chunk + KV_BLOCK
-        counts.append(sorted(len(b) for b in per_row.values()))
-    return counts
-
-
 @pytest.mark.parametrize("max_len, long_prompts", [(64, []), (1100, [250, 300])])
 def test_engine_matches_generate_with_refills_and_per_request_limits(model_pair, max_len, long_prompts, monkeypatch):
-    """max_len 1100: rows with long prompts (buckets 256, 512) list several cache blocks while short ones list one."""
-    calls = _record_block_tables(monkeypatch)
+    """max_len 1100: chunks attend to a prefix of the cache (256, 320 or 640 slots) that grows and shrinks as long
+    prompts come and go."""
+    from reasonrank_jax.inference import engine as engine_module
+
+    attend_lens = []
+    decode_chunk = engine_module._decode_chunk
+    monkeypatch.setattr(engine_module, "_decode_chunk",
+                        lambda *a, **kw: attend_lens.append(kw["attend_len"]) or decode_chunk(*a, **kw))
     _, cfg, params = model_pair
     rng = np.random.default_rng(5)
     prompts = _prompts(6, list(rng.integers(1, 30, 9)) + long_prompts)
@@ -250,11 +217,10 @@ def test_engine_matches_generate_with_refills_and_per_request_limits(model_pair,
             assert finished.prompt_len == len(prompts[finished.request_id])
     assert [got[i] for i in range(n)] == expected
     assert engine.tokens_out == sum(map(len, expected)) and engine.tokens_in == sum(map(len, prompts))
-    counts = _check_block_tables(calls, chunk=6)
     if max_len == 64:
-        assert {c for call in counts for c in call} == {1}
+        assert set(attend_lens) == {64}
     else:
-        assert any(call[0] == 1 and call[-1] >= 5 for call in counts)  # ragged: one block beside five or more
+        assert {256, 640} <= set(attend_lens) <= {256, 320, 640}
     with pytest.raises(ValueError, match="max_len"):
         engine.submit("too long", list(range(max_len - 4)), 10)
 
@@ -270,21 +236,28 @@ def test_engine_admits_the_highest_priority_first(model_pair):
     assert order == ["b", "c", "d", "a"]  # equal priorities in submission order
 
 
-def test_engine_rows_cross_cache_blocks_at_different_steps(model_pair, monkeypatch):
-    """Rows of different depths cross 64-slot block boundaries mid-chunk, each reading only its own blocks."""
-    calls = _record_block_tables(monkeypatch)
+def test_engine_chunks_stop_at_the_end_of_the_attended_prefix(model_pair, monkeypatch):
+    """With 8-slot attend buckets every chunk of 40 steps runs into the end of its prefix within a few tokens: the
+    chunk must stop there (a write past it would be lost) and the next one attend to a longer prefix."""
+    from reasonrank_jax.inference import engine as engine_module
+
+    attend_lens = []
+    decode_chunk = engine_module._decode_chunk
+    monkeypatch.setattr(engine_module, "_decode_chunk",
+                        lambda *a, **kw: attend_lens.append(kw["attend_len"]) or decode_chunk(*a, **kw))
+    monkeypatch.setattr(engine_module, "attend_bucket", lambda n: -(-n // 8) * 8)
     _, cfg, params = model_pair
-    prompts = _prompts(7, [3, 17, 40, 30, 70])
-    expected = generate(cfg, params, prompts, 150, [])
-    engine = DecodeEngine(cfg, params, num_slots=2, max_len=300, eos_ids=[], max_new_tokens=150, chunk=40)
+    prompts = _prompts(7, [3, 17, 9, 30])
+    expected = generate(cfg, params, prompts, 30, [])
+    engine = DecodeEngine(cfg, params, num_slots=2, max_len=80, eos_ids=[], max_new_tokens=30, chunk=40)
     for i, prompt in enumerate(prompts):
-        engine.submit(i, prompt, [150, 60, 150, 90, 120][i])
+        engine.submit(i, prompt)
     got = {}
     while engine.has_work():
         got.update((f.request_id, f.tokens) for f in engine.step())
-    assert [got[i] for i in range(len(prompts))] == [e[:n] for e, n in zip(expected, [150, 60, 150, 90, 120])]
-    counts = _check_block_tables(calls, chunk=40)
-    assert any(len(set(call)) > 1 for call in counts)
+    assert [got[i] for i in range(len(prompts))] == expected
+    # each pair is admitted together and so left-padded to bucket 32; the 29 decode steps write slots 32..60
+    assert set(attend_lens) == {40, 48, 56, 64}
 
 
 def test_generate_with_the_batch_sharded_over_a_mesh(model_pair):

@@ -384,34 +384,3 @@ def test_remat_policies_give_the_same_gradients(policy):
     expected = grad(params, cfg)
     got = grad(params, cfg.replace(remat_policy=policy))
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), expected, got)
-
-
-def test_paged_decode_attention_matches_a_float64_softmax_over_each_rows_visible_slots():
-    """Rows of 0, 1, 2 and 5 blocks with holes in kv_mask, padding entries on the last row; reference: numpy."""
-    from reasonrank_jax.models.transformer import KV_BLOCK, KVBlocks, paged_decode_attention
-
-    rng = np.random.default_rng(0)
-    b, k, g, e, s = 4, 2, 3, 8, 6 * KV_BLOCK
-    q = rng.standard_normal((b, k, g, 1, e)).astype(np.float32)
-    keys = rng.standard_normal((b, k, e, s)).astype(np.float32)
-    values = rng.standard_normal((b, k, s, e)).astype(np.float32)
-    write_pos = np.array([0, 40, 100, 300])  # the new query's slot (and the last visible one)
-    kv_mask = (rng.random((b, s)) < 0.7).astype(np.int32)
-    kv_mask[np.arange(b), write_pos] = 1
-    num_blocks = [0, 1, 2, 5]
-    rows = np.repeat(np.arange(b), num_blocks)
-    blocks = np.concatenate([np.arange(n) for n in num_blocks])
-    pad = 3
-    table = KVBlocks(jnp.asarray(np.concatenate([rows, [b - 1] * pad]), jnp.int32),
-                     jnp.asarray(np.concatenate([blocks, [0] * pad]), jnp.int32),
-                     jnp.asarray(np.arange(len(rows) + pad) < len(rows)))
-    out = np.asarray(jax.jit(paged_decode_attention)(q, keys, values, jnp.asarray(write_pos), kv_mask, table))
-    assert out.shape == (b, k, g, 1, e)
-    np.testing.assert_array_equal(out[0], 0)  # no blocks listed: zeros
-    for row in range(1, b):
-        visible = np.flatnonzero(kv_mask[row, :write_pos[row] + 1])
-        scores = np.einsum("kge,kes->kgs", q[row, :, :, 0].astype(np.float64), keys[row][:, :, visible]) / np.sqrt(e)
-        probs = np.exp(scores - scores.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
-        expected = np.einsum("kgs,kse->kge", probs, values[row][:, visible])
-        np.testing.assert_allclose(out[row, :, :, 0], expected, atol=1e-5)

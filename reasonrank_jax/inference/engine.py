@@ -31,8 +31,7 @@ import numpy as np
 from reasonrank_jax.inference.decode import attend_bucket, bucket_length, left_pad, prefill
 from reasonrank_jax.inference.sampling import SamplingParams, next_token
 from reasonrank_jax.models.config import ModelConfig
-from reasonrank_jax.models.transformer import (KV_BLOCK, KVBlocks, decode_params, forward_cached, init_cache,
-                                               map_cache)
+from reasonrank_jax.models.transformer import decode_params, forward_cached, init_cache, map_cache
 
 
 class PromptTooLong(ValueError):
@@ -76,17 +75,22 @@ def _admit(cfg, params, state, ids_bp, mask_bp, rows_b, limits_b, eos_e, key, *,
     return state
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sampling", "chunk"), donate_argnums=(2,))
-def _decode_chunk(cfg, params, state, eos_e, key, blocks, room_b, *, sampling, chunk):
-    """Up to `chunk` decode steps, each reading only the cache `blocks`; stops before a slot writes at room_b."""
-    num_slots = state["kv_mask"].shape[0]
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling", "chunk", "attend_len"), donate_argnums=(2,))
+def _decode_chunk(cfg, params, state, eos_e, key, *, sampling, chunk, attend_len):
+    """Up to `chunk` decode steps over cache slots [0, attend_len); stops before any slot writes at attend_len."""
+    num_slots, max_len = state["kv_mask"].shape
     rows = jnp.arange(num_slots)
+    full = state
+    if attend_len < max_len:  # decode on a copy of the reachable prefix; write it back once at the end
+        state = {**state, "cache": map_cache(lambda c, axis: jax.lax.slice_in_dim(c, 0, attend_len, axis=axis),
+                                             state["cache"]),
+                 "kv_mask": state["kv_mask"][:, :attend_len]}
 
     def cond(carry):
         step, finished_any, state, _ = carry
         # Back to the host as soon as a slot frees up, so that it is refilled without waiting out the chunk, or
-        # fills its listed blocks, so that the next chunk lists more.
-        fits = jnp.all(~state["active"] | (state["write_pos"] < room_b))
+        # reaches the end of the attended prefix, so that the next chunk attends to the next bucket.
+        fits = jnp.all(~state["active"] | (state["write_pos"] < attend_len))
         return (step < chunk) & jnp.any(state["active"]) & ~finished_any & fits
 
     def body(carry):
@@ -96,7 +100,7 @@ def _decode_chunk(cfg, params, state, eos_e, key, blocks, room_b, *, sampling, c
         write_pos = state["write_pos"]
         kv_mask = state["kv_mask"].at[rows, write_pos].set(jnp.where(active, 1, state["kv_mask"][rows, write_pos]))
         logits, cache = forward_cached(cfg, params, state["last_token"][:, None], state["position"][:, None],
-                                       state["cache"], write_pos, kv_mask, last_only=True, blocks=blocks)
+                                       state["cache"], write_pos, kv_mask, last_only=True)
         token, _ = next_token(logits[:, 0], step_key, sampling)
         count = state["count"]
         tokens = state["tokens"].at[rows, count].set(jnp.where(active, token, state["tokens"][rows, count]),
@@ -110,6 +114,10 @@ def _decode_chunk(cfg, params, state, eos_e, key, blocks, room_b, *, sampling, c
         return step + 1, finished_any | jnp.any(finished), state, key
 
     _, _, state, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), jnp.bool_(False), state, key))
+    if attend_len < max_len:
+        state = {**state, "cache": map_cache(lambda f, c, axis: jax.lax.dynamic_update_slice_in_dim(f, c, 0, axis),
+                                             full["cache"], state["cache"]),
+                 "kv_mask": jax.lax.dynamic_update_slice_in_dim(full["kv_mask"], state["kv_mask"], 0, axis=1)}
     return state
 
 
@@ -120,7 +128,6 @@ class DecodeEngine:
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, seed: int = 0,
                  max_new_tokens: int = 3172, chunk: int = 64):
         self.cfg, self.params = cfg, decode_params(params)  # per-layer weights, read in place by each step
-        max_len = -(-max_len // KV_BLOCK) * KV_BLOCK  # whole cache blocks (paged decode attention)
         self.num_slots, self.max_len, self.max_new_tokens, self.chunk = num_slots, max_len, max_new_tokens, chunk
         self.sampling = SamplingParams(float(temperature), float(top_p), int(top_k), float(min_p))
         self._eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)
@@ -137,7 +144,7 @@ class DecodeEngine:
         self._start = np.zeros(num_slots, np.int64)  # cache slot of each slot's first generated token (its bucket)
         self._count = np.zeros(num_slots, np.int64)  # tokens generated, as of the last sync
         self.tokens_in = self.tokens_out = 0
-        self.decode_steps = self.attended_slots = 0  # batched decode steps run; cache slots they read, summed
+        self.decode_steps = self.attended_slots = 0  # batched decode steps run; sum of their attended cache lengths
 
     def submit(self, request_id, prompt_ids: list[int], max_new_tokens: int | None = None,
                priority: float = 0) -> None:
@@ -199,39 +206,21 @@ class DecodeEngine:
             self.tokens_out += int(count[slot])
         return finished
 
-    def _row_blocks(self, slot: int) -> int:
-        """Cache blocks slot `slot` may fill during the next chunk: its next write goes to slot start + count - 1,
-        and a chunk writes up to `chunk` tokens."""
-        reach = self._start[slot] + self._count[slot] + self.chunk - 1
-        return min(-(-int(reach) // KV_BLOCK), self.max_len // KV_BLOCK)
-
-    def _block_table(self) -> tuple[KVBlocks, np.ndarray, int]:
-        """The blocks of every busy slot, row by row, padded to a bucket of entries (a few programs, not one per
-        total); the slots each row may fill; and the number of real entries."""
-        counts = np.zeros(self.num_slots, np.int64)
-        for slot, request in enumerate(self._slot_request):
-            if request is not None:
-                counts[slot] = self._row_blocks(slot)
-        total = int(counts.sum())
-        size = min(attend_bucket(total, minimum=self.num_slots), self.num_slots * (self.max_len // KV_BLOCK))
-        rows = np.full(size, self.num_slots - 1, np.int32)  # padding: last, on the last row (row_n stays sorted)
-        blocks = np.zeros(size, np.int32)
-        rows[:total] = np.repeat(np.arange(self.num_slots), counts)
-        blocks[:total] = np.concatenate([np.arange(n) for n in counts])
-        table = KVBlocks(jnp.asarray(rows), jnp.asarray(blocks), jnp.asarray(np.arange(size) < total))
-        return table, (counts * KV_BLOCK).astype(np.int32), total
+    def _attend_len(self) -> int:
+        # A slot's next write goes to slot start + count - 1, so start + count slots must be visible.
+        reach = max(self._start[s] + self._count[s] for s, r in enumerate(self._slot_request) if r is not None)
+        return min(self.max_len, attend_bucket(int(reach)))
 
     def step(self) -> list[Finished]:
         """Admit waiting requests into free slots, decode up to `chunk` tokens, return the finished requests."""
         self._admit_waiting()
         finished = self._collect()  # requests that ended at their first token
         if any(r is not None for r in self._slot_request) and not finished:
-            count_before = self._count.copy()
-            blocks, room, total = self._block_table()
-            self._state = _decode_chunk(self.cfg, self.params, self._state, self._eos, self._next_key(), blocks,
-                                        jnp.asarray(room), sampling=self.sampling, chunk=self.chunk)
+            count_before, attend_len = self._count.copy(), self._attend_len()
+            self._state = _decode_chunk(self.cfg, self.params, self._state, self._eos, self._next_key(),
+                                        sampling=self.sampling, chunk=self.chunk, attend_len=attend_len)
             finished = self._collect()
             steps = int(np.max(self._count - count_before))
             self.decode_steps += steps
-            self.attended_slots += steps * total * KV_BLOCK
+            self.attended_slots += steps * attend_len
         return finished

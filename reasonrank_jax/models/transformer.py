@@ -30,7 +30,6 @@ one-token decode run through the same code path.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -116,62 +115,16 @@ def _divisor_block(n: int, largest: int) -> int:
     return block if block >= 16 else n
 
 
-KV_BLOCK = 64  # cache slots per block of paged decode attention (`KVBlocks`)
-
-
-class KVBlocks(NamedTuple):
-    """The cache blocks a decode step reads, listed row by row (row_n ascending): entry n is slots
-    [KV_BLOCK * block_n[n], KV_BLOCK * (block_n[n] + 1)) of cache row row_n[n]; entries with valid_n False are
-    padding (put them last, on the last row, to keep row_n sorted). Each row lists the blocks its tokens occupy,
-    so a step reads what the rows hold (ragged), not every row up to the longest one."""
-
-    row_n: jax.Array
-    block_n: jax.Array
-    valid_n: jax.Array
-
-
-def paged_decode_attention(q_bkgte, k_bkes, v_bkse, write_pos_b, kv_mask_bs, blocks: KVBlocks):
-    """One new query per row (t = 1) over the listed cache blocks only: `cached_attention` restricted to them.
-
-    The blocks are gathered, scored against their row's query, and combined per row with a segment softmax
-    (max, then sums of exp and of exp-weighted values). A row with no listed block gets zeros. The cache's slot
-    count must be a multiple of KV_BLOCK.
-    """
-    b, k, g, _, e = q_bkgte.shape
-    num_blocks = k_bkes.shape[-1] // KV_BLOCK
-    row_n, block_n = blocks.row_n, blocks.block_n
-    # Advanced indices split by slices: the gathered block axis n comes first.
-    k_nkec = k_bkes.reshape(b, k, e, num_blocks, KV_BLOCK)[row_n, :, :, block_n]
-    v_nkce = v_bkse.reshape(b, k, num_blocks, KV_BLOCK, e)[row_n, :, block_n]
-    slot_nc = block_n[:, None] * KV_BLOCK + jnp.arange(KV_BLOCK)
-    visible_nc = (blocks.valid_n[:, None] & (kv_mask_bs.reshape(b, num_blocks, KV_BLOCK)[row_n, block_n] != 0)
-                  & (slot_nc <= write_pos_b[row_n][:, None]))
-    scores_nkgc = jnp.einsum("nkge,nkec->nkgc", q_bkgte[row_n, :, :, 0], k_nkec,
-                             preferred_element_type=jnp.float32) / np.sqrt(e)
-    scores_nkgc = jnp.where(visible_nc[:, None, None], scores_nkgc, jnp.finfo(jnp.float32).min)
-    segment = {"num_segments": b, "indices_are_sorted": True}
-    max_bkg = jax.ops.segment_max(jnp.max(scores_nkgc, axis=-1), row_n, **segment)
-    probs_nkgc = jnp.where(visible_nc[:, None, None], jnp.exp(scores_nkgc - max_bkg[row_n][..., None]), 0.0)
-    denom_bkg = jax.ops.segment_sum(jnp.sum(probs_nkgc, axis=-1), row_n, **segment)
-    acc_bkge = jax.ops.segment_sum(jnp.einsum("nkgc,nkce->nkge", probs_nkgc.astype(v_nkce.dtype), v_nkce,
-                                              preferred_element_type=jnp.float32), row_n, **segment)
-    out_bkge = acc_bkge / jnp.where(denom_bkg == 0, 1.0, denom_bkg)[..., None]
-    return out_bkge[:, :, :, None].astype(v_bkse.dtype)
-
-
-def cached_attention(q_bkgte, k_bkes, v_bkse, write_pos_b, kv_mask_bs, blocks: KVBlocks | None = None):
+def cached_attention(q_bkgte, k_bkes, v_bkse, write_pos_b, kv_mask_bs):
     """Attention of t new queries (row b's query i sits at cache slot write_pos_b[b] + i) over the cache: slot j is
     visible iff kv_mask_bs[b, j] and j <= that slot.
 
-    With `blocks` (decode, one query per row): only those cache blocks, see `paged_decode_attention`.
-    Otherwise one query (decode) or a short prompt: a single masked softmax. A long prompt (prefill): blockwise with an
+    One query (decode) or a short prompt: a single masked softmax. A long prompt (prefill): blockwise with an
     online softmax, so memory is one [b, h, QUERY_BLOCK, KEY_BLOCK] tile rather than [b, h, t, s], and each query
     block stops at the last key block it can see (causal: about half the work of the full product).
     """
     b, k, g, t, e = q_bkgte.shape
     s = k_bkes.shape[-1]
-    if blocks is not None:
-        return paged_decode_attention(q_bkgte, k_bkes, v_bkse, write_pos_b, kv_mask_bs, blocks)
     if t <= QUERY_BLOCK:
         query_slot_bt = write_pos_b[:, None] + jnp.arange(t)
         mask_bts = (jnp.arange(s) <= query_slot_bt[:, :, None]) & (kv_mask_bs[:, None, :] != 0)
@@ -217,7 +170,7 @@ class Attention(nn.Module):
     fused: bool = False
 
     @nn.compact
-    def __call__(self, x_btd, cos, sin, mask, cache, write_pos_b, blocks=None):
+    def __call__(self, x_btd, cos, sin, mask, cache, write_pos_b):
         cfg = self.cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         dense = functools.partial(nn.Dense, dtype=dtype, param_dtype=param_dtype)
@@ -243,7 +196,7 @@ class Attention(nn.Module):
         else:  # mask is kv_mask_bs: which cache slots hold tokens; causality comes from the write positions
             cache = _write_rows(cache, k_btke, v_btke, write_pos_b)
             out_bkgte = cached_attention(q_bkgte, cache["k"].astype(dtype), cache["v"].astype(dtype), write_pos_b,
-                                         mask, blocks)
+                                         mask)
         out_bthe = out_bkgte.transpose(0, 3, 1, 2, 4).reshape(b, t, h * e)
         out_btd = dense(cfg.hidden_size, use_bias=False, name="o_proj")(out_bthe)
         return out_btd, cache
@@ -276,12 +229,11 @@ class DecoderLayer(nn.Module):
     fused: bool = False  # the decode layout: fused qkv and gate/up projections
 
     @nn.compact
-    def __call__(self, x_btd, cos, sin, mask, cache=None, write_pos_b=None, blocks=None):
+    def __call__(self, x_btd, cos, sin, mask, cache=None, write_pos_b=None):
         cfg = self.cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         normed = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="input_norm")(x_btd)
-        attn_btd, cache = Attention(cfg, self.fused, name="attn")(normed, cos, sin, mask, cache, write_pos_b,
-                                                                  blocks)
+        attn_btd, cache = Attention(cfg, self.fused, name="attn")(normed, cos, sin, mask, cache, write_pos_b)
         x_btd = x_btd + attn_btd
         normed = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="post_attn_norm")(x_btd)
         x_btd = x_btd + MLP(cfg, self.fused, name="mlp")(normed)
@@ -410,12 +362,11 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None):
 
 
 def forward_cached(cfg: ModelConfig, params, input_ids_bt, positions_bt, cache, write_pos_b, kv_mask_bs,
-                   last_only=False, blocks: KVBlocks | None = None):
+                   last_only=False):
     """One step of cached decoding (prefill when t > 1). Returns (logits [b, t or 1, v] float32, new cache).
 
     Row b's new keys/values go to cache slots [write_pos_b[b], write_pos_b[b] + t); query i of row b attends to slot j
     iff kv_mask_bs[b, j] and j <= write_pos_b[b] + i. kv_mask_bs must already mark the new tokens' slots.
-    blocks (decode, t = 1): attend only to these cache blocks (`KVBlocks`), which must hold every visible slot.
     Not jitted here: call it inside your own jit (with cfg static and the cache donated). Layers are unrolled;
     pass `decode_params(params)` (converted once, outside the jit) to read each layer's weights in place.
     """
@@ -427,7 +378,7 @@ def forward_cached(cfg: ModelConfig, params, input_ids_bt, positions_bt, cache, 
     new_cache = []
     for layer_params, layer_cache in zip(decode_params(params)["layers"], cache, strict=True):
         x_btd, layer_cache = DecoderLayer(cfg, fused=True).apply({"params": layer_params}, x_btd, cos, sin, kv_mask_bs,
-                                                     layer_cache, write_pos_b, blocks)
+                                                     layer_cache, write_pos_b)
         new_cache.append(layer_cache)
     if last_only:  # the norm is per position: normalise only what the head reads
         x_btd = x_btd[:, -1:]
