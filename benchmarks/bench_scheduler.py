@@ -185,7 +185,8 @@ def main() -> None:
     parser.add_argument("--fifo", action="store_true",
                         help="also time the slot scheduler with free slots filled in submission order (no priority "
                              "for the query with the most windows left)")
-    parser.add_argument("--repeats", type=int, default=2, help="side-by-side runs of all schedules (median times reported)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="side-by-side runs of all schedules (median times reported)")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="gpu: JAX's CUDA backend")
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cuda" if args.device == "gpu" else "cpu")  # before JAX is imported
@@ -261,7 +262,8 @@ def main() -> None:
         row("barrier, attending the whole cache", full_barrier)
         row("slot scheduler, attending the whole cache", full_slots)
         print(f"whole cache: speed-up {ratios(full_barrier, full_slots)}; identical TREC runs: "
-              f"{full_barrier['run'] == full_slots['run'] == slots['run']}; prefix attention saves {full_barrier['wall'] / barrier['wall']:.2f}x "
+              f"{full_barrier['run'] == full_slots['run'] == slots['run']}; prefix attention saves "
+              f"{full_barrier['wall'] / barrier['wall']:.2f}x "
               f"(barrier), {full_slots['wall'] / slots['wall']:.2f}x (slots) wall")
 
 if __name__ == "__main__":
