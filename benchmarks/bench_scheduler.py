@@ -13,16 +13,20 @@ The output also gives the fewest decode steps any schedule could take (all token
 longest query's windows in sequence): the speed-up on steps of fixed cost cannot exceed barrier steps / that bound.
 
     python benchmarks/bench_scheduler.py [--queries 12] [--slots 8] [--median 600] [--min 150] [--max 2000]
-                                         [--prompt 64] [--intermediate 128] [--max-len N] [--full-cache] [--fifo]
-                                         [--repeats 2] [--device cpu|gpu]
+                                         [--prompt 64] [--intermediate 128] [--kv-heads 2] [--max-len N]
+                                         [--full-cache] [--fifo] [--repeats 2] [--device cpu|gpu]
 
 The engine's decode chunks attend to the written cache prefix, whose length is set by the deepest slot: the slot
 scheduler always has some slot deep into a trace, while a barrier wave starts all its slots together, so when KV
 reads dominate a step (the default tiny model) prefix attention helps the barrier more. --full-cache also times both
 schedules attending to the whole cache (constant step cost, so the comparison isolates scheduling).
---intermediate 16384 widens the tiny model's MLP so that reading weights dominates a decode step, the cost profile
-of a 7B model. --max-len sizes the KV cache as the rerank CLI does (longest prompt bucket + max new tokens, e.g.
-12288 + 3172 for BRIGHT).
+--intermediate 16384 widens the tiny model's MLP so that reading weights outweighs reading the cache; it still reads
+about 5x more KV per byte of weights than a 7B model. --kv-heads 1 --intermediate 44032 gives the tiny model
+Qwen2.5-7B's ratio of weights to KV cache per token (about 266k parameters per cached value: 7.62B against 28 layers
+x 2 x 4 KV heads x 128), the cost profile of the released ReasonRank-7B at the same context length. (Real window
+prompts are thousands of tokens, not 64: that adds KV reads of equal size to both schedules' steps, and prefill
+work to both.) --max-len sizes
+the KV cache as the rerank CLI does (longest prompt bucket + max new tokens, e.g. 12288 + 3172 for BRIGHT).
 """
 
 from __future__ import annotations
@@ -179,6 +183,9 @@ def main() -> None:
     parser.add_argument("--intermediate", type=int, default=128,
                         help="MLP width of the tiny model; e.g. 16384 makes reading weights dominate a decode step "
                              "(like a 7B model) instead of reading the KV cache")
+    parser.add_argument("--kv-heads", type=int, default=2,
+                        help="KV heads of the tiny model (4 query heads of 16 dims); with --kv-heads 1 "
+                             "--intermediate 44032, KV bytes per token / weight bytes is that of Qwen2.5-7B")
     parser.add_argument("--prompt", type=int, default=64, help="prompt tokens per window (BRIGHT: thousands)")
     parser.add_argument("--max-len", type=int, help="KV cache slots per sequence (default: prompt bucket + --max)")
     parser.add_argument("--full-cache", action="store_true", help="also time chunks that attend to the whole cache")
@@ -197,8 +204,8 @@ def main() -> None:
     from reasonrank_jax.inference.rerank import make_query_state, rerank_barrier, rerank_slots
     from reasonrank_jax.models import ModelConfig, init_params
 
-    cfg = ModelConfig(model_type="qwen2", vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                      head_dim=16, intermediate_size=args.intermediate, qkv_bias=True)
+    cfg = ModelConfig(model_type="qwen2", vocab_size=512, hidden_size=64, num_layers=2, num_heads=4,
+                      num_kv_heads=args.kv_heads, head_dim=16, intermediate_size=args.intermediate, qkv_bias=True)
     params = init_params(cfg)
     rng = np.random.default_rng(0)
 
@@ -232,7 +239,8 @@ def main() -> None:
     chain = max(sum(n - 1 for (qid, _), n in lengths.items() if qid == q) for q in {qid for qid, _ in lengths})
     print(f"workload: {args.queries} queries x 9 windows, {args.prompt}-token prompts, {args.slots} slots, KV cache "
           f"{max_len} slots, trace lengths median {np.median(values):.0f} (min {values.min()}, max {values.max()}), "
-          f"{tokens} tokens decoded; model d{cfg.hidden_size} f{cfg.intermediate_size}, {jax.devices()[0].platform}, "
+          f"{tokens} tokens decoded; model d{cfg.hidden_size} f{cfg.intermediate_size} kv{cfg.num_kv_heads}, "
+          f"{jax.devices()[0].platform}, "
           f"load average {os.getloadavg()[0]:.1f}")
 
     def row(name, stats):
