@@ -36,10 +36,11 @@ def test_baton_takes_turns_in_order_and_skips_finished_schedules():
 def test_bench_scheduler_tiny_workload_gives_identical_runs():
     out = subprocess.run(
         [sys.executable, str(BENCHMARKS / "bench_scheduler.py"), "--queries", "3", "--slots", "2", "--median", "20",
-         "--min", "8", "--max", "40", "--prompt", "16", "--repeats", "1", "--fifo"],
+         "--min", "8", "--max", "40", "--prompt", "16", "--repeats", "1", "--fifo", "--kv-heads", "1"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 0, out.stderr
     assert "identical TREC runs: True; same tokens decoded: True" in out.stdout
+    assert " kv1, " in out.stdout  # the model was built with --kv-heads
     bound_line = next(line for line in out.stdout.splitlines() if line.startswith("decode steps of any schedule"))
     bound = int(bound_line.split(">=")[1].split()[0])
     for line in out.stdout.splitlines():
