@@ -25,8 +25,8 @@ about 5x more KV per byte of weights than a 7B model. --kv-heads 1 --intermediat
 Qwen2.5-7B's ratio of weights to KV cache per token (about 266k parameters per cached value: 7.62B against 28 layers
 x 2 x 4 KV heads x 128), the cost profile of the released ReasonRank-7B at the same context length. (Real window
 prompts are thousands of tokens, not 64: that adds KV reads of equal size to both schedules' steps, and prefill
-work to both.) --max-len sizes
-the KV cache as the rerank CLI does (longest prompt bucket + max new tokens, e.g. 12288 + 3172 for BRIGHT).
+work to both.) --max-len sizes the KV cache as the rerank CLI does (longest prompt bucket + max new tokens, e.g.
+12288 + 3172 for BRIGHT).
 """
 
 from __future__ import annotations
@@ -181,8 +181,8 @@ def main() -> None:
     parser.add_argument("--max", type=int, default=2000)
     parser.add_argument("--sigma", type=float, default=0.7)
     parser.add_argument("--intermediate", type=int, default=128,
-                        help="MLP width of the tiny model; e.g. 16384 makes reading weights dominate a decode step "
-                             "(like a 7B model) instead of reading the KV cache")
+                        help="MLP width of the tiny model; e.g. 16384 makes reading weights outweigh reading the KV "
+                             "cache in a decode step")
     parser.add_argument("--kv-heads", type=int, default=2,
                         help="KV heads of the tiny model (4 query heads of 16 dims); with --kv-heads 1 "
                              "--intermediate 44032, KV bytes per token / weight bytes is that of Qwen2.5-7B")
@@ -240,8 +240,7 @@ def main() -> None:
     print(f"workload: {args.queries} queries x 9 windows, {args.prompt}-token prompts, {args.slots} slots, KV cache "
           f"{max_len} slots, trace lengths median {np.median(values):.0f} (min {values.min()}, max {values.max()}), "
           f"{tokens} tokens decoded; model d{cfg.hidden_size} f{cfg.intermediate_size} kv{cfg.num_kv_heads}, "
-          f"{jax.devices()[0].platform}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"{jax.devices()[0].platform}, load average {os.getloadavg()[0]:.1f}")
 
     def row(name, stats):
         print(f"{name:40s} {stats['wall']:7.2f} s wall {stats['cpu']:7.2f} s cpu {stats['steps']:6d} decode steps "
