@@ -261,7 +261,7 @@ def test_engine_chunks_stop_at_the_end_of_the_attended_prefix(model_pair, monkey
 
 
 def test_generate_with_the_batch_sharded_over_a_mesh(model_pair):
-    from reasonrank_jax.training.mesh import make_mesh, shard_params
+    from reasonrank_jax.sharding import make_mesh, shard_params
 
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 virtual devices")

@@ -233,7 +233,7 @@ def test_packed_segments_equal_separate_sequences(hf_checkpoint):
 def test_sharded_forward_on_2x2x2_mesh_equals_single_device(tmp_path):
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from reasonrank_jax.training.mesh import make_mesh
+    from reasonrank_jax.sharding import make_mesh
 
     if len(jax.devices()) < 8:
         pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")

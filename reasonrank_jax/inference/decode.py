@@ -151,8 +151,8 @@ def generate(cfg: ModelConfig, params, prompts: list[list[int]], max_new_tokens:
     (raw logits, temperature 1). The batch is padded to a power of two, prompts to a length bucket
     (`bucket_length`); the cache grows in segments (`cache_segments`) up to bucket + max_new_tokens slots.
     With a `mesh` ("data", "fsdp", "tensor"), the batch (and so the KV cache) is split over the data-parallel axes
-    ("data", "fsdp"); place params with `training.mesh.shard_params`. Stacked params are converted to the decode
-    layout on every call; when calling repeatedly, pass `models.decode_params(params)` once instead.
+    ("data", "fsdp"); place params with `reasonrank_jax.sharding.shard_params`. Stacked params are converted to the
+    decode layout on every call; when calling repeatedly, pass `models.decode_params(params)` once instead.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
@@ -167,7 +167,7 @@ def generate(cfg: ModelConfig, params, prompts: list[list[int]], max_new_tokens:
     b = -(-b // data_parallel) * data_parallel
     ids, mask = (jnp.asarray(x) for x in left_pad(prompts, p, b))
     if mesh is not None:
-        from reasonrank_jax.training.mesh import batch_sharding
+        from reasonrank_jax.sharding import batch_sharding
 
         ids, mask = jax.device_put((ids, mask), batch_sharding(mesh))
     eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)

@@ -148,7 +148,7 @@ def load_pretrained(model_dir: str | os.PathLike, dtype: str = "float32", *, mes
     """Load a Hugging Face checkpoint directory. Returns (cfg, params).
 
     dtype: parameter dtype ("float32" or "bfloat16"); compute_dtype defaults to the same.
-    mesh: place each parameter straight onto this mesh with the partition rules of `reasonrank_jax.training.mesh`
+    mesh: place each parameter straight onto this mesh with the partition rules of `reasonrank_jax.sharding`
     (or pass `shardings`, a function path -> jax.sharding.Sharding).
     """
     model_dir = os.fspath(model_dir)
@@ -156,7 +156,7 @@ def load_pretrained(model_dir: str | os.PathLike, dtype: str = "float32", *, mes
                                           **config_overrides)
     tensors = _CheckpointTensors(model_dir)
     if mesh is not None and shardings is None:
-        from reasonrank_jax.training.mesh import param_sharding
+        from reasonrank_jax.sharding import param_sharding
         shardings = lambda path, shape: param_sharding(mesh, path, shape)  # noqa: E731
     flat = {}
     for path, leaf in param_shapes(cfg).items():
