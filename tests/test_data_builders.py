@@ -161,3 +161,125 @@ def test_bright_real_examples_and_run(tmp_path):
     assert spaced  # the docids with spaces survive
     assert builder.report.accounted() and not builder.report.errors
     assert "tensorflow" not in sys.modules
+
+
+# ---------------------------------------------------------------------------------------------- bad manual dirs
+
+EXPECTED_LAYOUT = {"raw": "training_data_all.jsonl", "sft": "*.json", "rl": "*.parquet", "bright": "examples/"}
+
+
+@pytest.mark.parametrize("contents", ["empty", "missing", "stray file"])
+@pytest.mark.parametrize("kind", list(EXPECTED_LAYOUT))
+def test_manual_dir_without_inputs_is_an_input_error(tmp_path, kind, contents):
+    from reasonrank_jax.data.builders import build
+    from reasonrank_jax.errors import InputError
+
+    manual = tmp_path / "manual"
+    if contents != "missing":
+        manual.mkdir()
+    if contents == "stray file":
+        (manual / "notes.txt").write_text("not an input")
+    with pytest.raises(InputError) as err:
+        build(kind, str(manual), str(tmp_path / "tfds"))
+    assert str(err.value).startswith(str(manual))
+    if contents != "missing":
+        assert EXPECTED_LAYOUT[kind] in str(err.value)
+    assert not (tmp_path / "tfds").exists()  # refused before anything was written
+
+
+def test_raw_dir_without_text_maps_names_them(tmp_path):
+    from reasonrank_jax.data.builders import build
+    from reasonrank_jax.errors import InputError
+
+    raw = write_raw_dir(str(tmp_path / "raw"), make_raw_rows(4), bad_lines=False)
+    shutil.rmtree(os.path.join(raw, "id_doc"))
+    with pytest.raises(InputError, match=r"missing id_doc/"):
+        build("raw", raw, str(tmp_path / "tfds"))
+
+
+# ---------------------------------------------------------------------------------------------- rebuilds
+
+def _tree(root):
+    """relative path -> file bytes (None for a directory): everything under root."""
+    out = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(directory, name), root)] = None
+        for name in files:
+            path = os.path.join(directory, name)
+            out[os.path.relpath(path, root)] = open(path, "rb").read()
+    return out
+
+
+@pytest.fixture()
+def first_build(tmp_path):
+    """A raw build of 20 rows in a data dir that also holds another dataset and another config of this one."""
+    from reasonrank_jax.data.builders import BuildOptions, build
+
+    data_dir = tmp_path / "tfds"
+    (data_dir / "other_dataset" / "text" / "1.0.0").mkdir(parents=True)
+    (data_dir / "other_dataset" / "text" / "1.0.0" / "records").write_bytes(b"someone else's records")
+    (data_dir / "reasonrank_raw" / "tokenized" / "1.0.0").mkdir(parents=True)
+    (data_dir / "reasonrank_raw" / "tokenized" / "1.0.0" / "dataset_info.json").write_text("{}")
+    raw = write_raw_dir(str(tmp_path / "raw_a"), make_raw_rows(20, seed=1), bad_lines=False)
+    version_dir, _ = build("raw", raw, str(data_dir), BuildOptions(alpha=0.0))
+    return data_dir, version_dir
+
+
+def test_second_build_is_refused_and_the_first_is_unchanged(tmp_path, first_build):
+    from reasonrank_jax.data.builders import BuildOptions, build
+    from reasonrank_jax.errors import InputError
+
+    data_dir, version_dir = first_build
+    before = _tree(data_dir)
+    assert os.path.relpath(version_dir, data_dir) == os.path.join("reasonrank_raw", "text", "1.0.0")
+    assert {"build_report.json", "dataset_info.json"} <= set(os.listdir(version_dir))
+    raw = write_raw_dir(str(tmp_path / "raw_b"), make_raw_rows(8, seed=2), bad_lines=False)
+    with pytest.raises(InputError) as err:
+        build("raw", raw, str(data_dir), BuildOptions(alpha=0.0))
+    assert str(err.value) == f"{version_dir}: already built; pass --overwrite to rebuild"
+    assert _tree(data_dir) == before
+
+
+def test_overwrite_rebuilds_and_touches_nothing_else(tmp_path, first_build):
+    from reasonrank_jax.data.builders import BuildOptions, build
+
+    data_dir, version_dir = first_build
+    before = _tree(data_dir)
+    rows = make_raw_rows(8, seed=2)
+    raw = write_raw_dir(str(tmp_path / "raw_b"), rows, bad_lines=False)
+    rebuilt, builder = build("raw", raw, str(data_dir), BuildOptions(alpha=0.0, overwrite=True))
+    assert rebuilt == version_dir
+    assert sorted(_text(r["qid"]) for r in _all_records(version_dir)["train"]) == sorted(r["qid"] for r in rows)
+    report = json.load(open(os.path.join(version_dir, "build_report.json")))
+    assert report["total"] == builder.report.total == 8 and report["options"]["overwrite"] is True
+    after = _tree(data_dir)
+    inside = os.path.relpath(version_dir, data_dir)
+    assert {k: v for k, v in after.items() if not k.startswith(inside)} == \
+        {k: v for k, v in before.items() if not k.startswith(inside)}  # no staging dirs left, nothing else changed
+    assert os.listdir(os.path.dirname(version_dir)) == ["1.0.0"]
+
+
+def test_failed_overwrite_leaves_the_previous_build_intact(tmp_path, first_build):
+    from reasonrank_jax.data.builders import BuildOptions, build
+    from reasonrank_jax.errors import InputError
+
+    data_dir, _ = first_build
+    before = _tree(data_dir)
+    raw = write_raw_dir(str(tmp_path / "raw_bad"), make_raw_rows(8, seed=2), bad_lines=True)
+    with pytest.raises(InputError, match="training_data_all.jsonl:"):
+        build("raw", raw, str(data_dir), BuildOptions(alpha=0.0, overwrite=True, strict=True))
+    assert _tree(data_dir) == before
+
+
+def test_a_version_dir_that_is_not_a_build_is_never_replaced(tmp_path):
+    from reasonrank_jax.data.builders import BuildOptions, build
+    from reasonrank_jax.errors import InputError
+
+    version_dir = tmp_path / "tfds" / "reasonrank_raw" / "text" / "1.0.0"
+    version_dir.mkdir(parents=True)
+    (version_dir / "mine.txt").write_text("keep me")
+    raw = write_raw_dir(str(tmp_path / "raw"), make_raw_rows(4), bad_lines=False)
+    with pytest.raises(InputError, match="not a dataset build"):
+        build("raw", raw, str(tmp_path / "tfds"), BuildOptions(overwrite=True))
+    assert os.listdir(version_dir) == ["mine.txt"] and (version_dir / "mine.txt").read_text() == "keep me"

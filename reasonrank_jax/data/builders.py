@@ -22,6 +22,8 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -55,6 +57,11 @@ class BuildOptions:
     raw_file: str = "training_data_all.jsonl"
     retriever: str | None = None           # BRIGHT: runs/{retriever}/ (default: the only one)
     top_k: int = 100                       # BRIGHT: candidates kept per query
+    overwrite: bool = False                # replace an existing build of the same dataset, config and version
+
+
+def _config_name(options: BuildOptions) -> str:
+    return "tokenized" if options.tokenizer_dir else "text"
 
 
 class _ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -65,12 +72,23 @@ class _ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def __init__(self, *, options: BuildOptions | None = None, **kwargs):
         self.options = options or BuildOptions()
         if "config" not in kwargs:
-            kwargs["config"] = "tokenized" if self.options.tokenizer_dir else "text"
+            kwargs["config"] = _config_name(self.options)
         self.report = Report()
         self.lengths: dict[str, list[int]] = {}
         self.token_counts: dict[str, int] = {}
         self._tokenizer = None
         super().__init__(**kwargs)
+
+    @classmethod
+    def relative_dir(cls, options: BuildOptions) -> str:
+        """<name>/<config>/<version>: where TFDS puts this build under a data dir."""
+        return os.path.join(cls.name, _config_name(options), str(cls.VERSION))
+
+    @classmethod
+    def check_manual_dir(cls, manual: str, options: BuildOptions) -> None:
+        """Raise InputError naming `manual` and the expected layout unless it holds this builder's inputs (checked
+        before TFDS, whose own check of an empty manual dir is an AssertionError)."""
+        raise NotImplementedError
 
     @property
     def tokenized(self) -> bool:
@@ -114,11 +132,18 @@ class ReasonrankRaw(_ManualBuilder):
             features["prompt_ids"] = _Ids
         return features
 
+    @classmethod
+    def check_manual_dir(cls, manual, options):
+        raw_file = options.raw_file
+        missing = [name for name, exists in ((raw_file, os.path.isfile), ("id_query/", os.path.isdir),
+                                             ("id_doc/", os.path.isdir)) if not exists(os.path.join(manual, name))]
+        if missing:
+            raise InputError(f"missing {', '.join(missing)} (a raw manual directory holds {raw_file}, id_query/ "
+                             "and id_doc/)", path=manual)
+
     def _split_generators(self, dl_manager):
         manual = str(dl_manager.manual_dir)
         path = os.path.join(manual, self.options.raw_file)
-        if not os.path.isfile(path):
-            raise InputError("raw file not found", path=path)
         self._texts = RawTexts(manual)
         rows = list(read_raw_rows(path, self.report, self.options.strict))
         kept = []
@@ -171,7 +196,9 @@ def _find_one(manual: str, name: str | None, pattern: str) -> str:
             raise InputError("file not found", path=path)
         return path
     found = sorted(glob.glob(os.path.join(manual, pattern)))
-    if len(found) != 1:
+    if not found:
+        raise InputError(f"no {pattern} file (expected exactly one)", path=manual)
+    if len(found) > 1:
         raise InputError(f"expected exactly one {pattern} file, found {len(found)}; name it explicitly",
                          path=manual)
     return found[0]
@@ -186,6 +213,10 @@ class ReasonrankSft(_ManualBuilder):
         if self.tokenized:
             features.update(input_ids=_Ids, prompt_length=np.int32)
         return features
+
+    @classmethod
+    def check_manual_dir(cls, manual, options):
+        _find_one(manual, options.sft_file, "*.json")
 
     def _split_generators(self, dl_manager):
         path = _find_one(str(dl_manager.manual_dir), self.options.sft_file, "*.json")
@@ -259,6 +290,10 @@ class ReasonrankRl(_ManualBuilder):
             features["prompt_ids"] = _Ids
         return features
 
+    @classmethod
+    def check_manual_dir(cls, manual, options):
+        _find_one(manual, options.rl_file, "*.parquet")
+
     def _split_generators(self, dl_manager):
         import pyarrow.parquet as pq
 
@@ -315,13 +350,18 @@ class Bright(_ManualBuilder):
                 "candidates": _Str, "candidate_scores": tfds.features.Tensor(shape=(None,), dtype=np.float32),
                 "candidate_texts": _Str}
 
+    @classmethod
+    def check_manual_dir(cls, manual, options):
+        from reasonrank_jax.data import bright_files
+
+        if not bright_files.find(manual, options.retriever):
+            raise InputError("no BRIGHT examples found (expected examples/{dataset}.jsonl[.gz], optional "
+                             "documents/ and runs/{retriever}/)", path=manual)
+
     def _split_generators(self, dl_manager):
         from reasonrank_jax.data import bright_files
 
-        manual = str(dl_manager.manual_dir)
-        files = bright_files.find(manual, self.options.retriever)
-        if not files:
-            raise InputError("no BRIGHT examples found (expected examples/{dataset}.jsonl[.gz])", path=manual)
+        files = bright_files.find(str(dl_manager.manual_dir), self.options.retriever)
         per_dataset = {dataset: list(self._examples(dataset, paths)) for dataset, paths in files.items()}
         return {dataset: self._generate_examples(items) for dataset, items in per_dataset.items() if items}
 
@@ -355,24 +395,79 @@ BUILDERS = {"raw": ReasonrankRaw, "sft": ReasonrankSft, "rl": ReasonrankRl, "bri
 
 
 def build(kind: str, manual_dir: str, data_dir: str, options: BuildOptions | None = None):
-    """Build one dataset; returns (version directory, builder) with ``builder.report`` filled in.
+    """Build one dataset; returns (version directory, builder) with ``builder.report`` and ``token_counts`` filled in.
 
-    Writes ``build_report.json`` and (tokenized configs) ``lengths-{split}.npy`` next to the records.
+    Writes ``build_report.json`` and (tokenized configs) ``lengths-{split}.npy`` next to the records. The build is
+    made in a temporary directory beside the version directory and moved there only once complete: a failed build
+    leaves no version directory behind, and a failed rebuild (``options.overwrite``) leaves the previous build
+    intact. Nothing else under ``data_dir`` is touched.
     """
+    options = options or BuildOptions()
     if kind not in BUILDERS:
         raise InputError(f"unknown dataset kind {kind!r}; choose from {', '.join(BUILDERS)}", field="kind")
+    builder_cls = BUILDERS[kind]
     if not os.path.isdir(manual_dir):
         raise InputError("manual directory not found", path=manual_dir)
-    builder = BUILDERS[kind](options=options, data_dir=data_dir, file_format="array_record")
+    builder_cls.check_manual_dir(manual_dir, options)
+    version_dir = os.path.join(data_dir, builder_cls.relative_dir(options))
+    _check_replaceable(version_dir, options.overwrite)
+    os.makedirs(os.path.dirname(version_dir), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(version_dir)}.building-",
+                               dir=os.path.dirname(version_dir))
+    try:
+        builder = _build_into(builder_cls, manual_dir, staging, options)
+        _move_into_place(str(builder.data_dir), version_dir, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return version_dir, builder
+
+
+def _check_replaceable(version_dir: str, overwrite: bool) -> None:
+    """Refuse before any work: a previous build needs `overwrite`, and anything else there is not ours to replace."""
+    if not os.path.lexists(version_dir):
+        return
+    if not os.path.isfile(os.path.join(version_dir, "dataset_info.json")):
+        raise InputError("exists but is not a dataset build (no dataset_info.json); move it away first",
+                         path=version_dir)
+    if not overwrite:
+        raise InputError("already built; pass --overwrite to rebuild", path=version_dir)
+
+
+def _build_into(builder_cls, manual_dir: str, root: str, options: BuildOptions) -> _ManualBuilder:
+    """The whole build, records and side files, under the TFDS data dir `root`."""
+    builder = builder_cls(options=options, data_dir=root, file_format="array_record")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     version_dir = str(builder.data_dir)
     for split, lengths in builder.lengths.items():
         if lengths:
             np.save(os.path.join(version_dir, f"lengths-{split}.npy"), np.asarray(lengths, np.int32))
-    with open(os.path.join(version_dir, "build_report.json"), "w", encoding="utf-8") as f:
-        json.dump(dict(builder.report.to_dict(), token_counts=builder.token_counts,
-                       options=dataclasses.asdict(builder.options)), f, indent=1)
-    return version_dir, builder
+    report = dict(builder.report.to_dict(), token_counts=builder.token_counts,
+                  options=dataclasses.asdict(builder.options))
+    _write_json_atomically(os.path.join(version_dir, "build_report.json"), report)
+    return builder
+
+
+def _write_json_atomically(path: str, value) -> None:
+    # open() rather than mkstemp, so the file gets the umask's mode like the records beside it, not 0600.
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _move_into_place(built: str, version_dir: str, staging: str) -> None:
+    """Rename `built` to `version_dir`. A previous build is moved into `staging` (deleted with it) only now, and moved
+    back if the new one cannot take its place."""
+    previous = os.path.join(staging, "previous")
+    replacing = os.path.lexists(version_dir)
+    if replacing:
+        os.rename(version_dir, previous)
+    try:
+        os.rename(built, version_dir)
+    except BaseException:  # even on Ctrl-C: `previous` is deleted with `staging`
+        if replacing:
+            os.rename(previous, version_dir)
+        raise
 
 
 def data_source(version_dir: str, split: str = "train"):

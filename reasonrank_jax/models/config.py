@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 from typing import Any
 
@@ -17,6 +18,8 @@ from reasonrank_jax.errors import InputError
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama")
 ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+_SIZE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                "intermediate_size", "max_position_embeddings")
 
 # Keys that ModelConfig owns; every other key of config.json is kept verbatim in `extra_json` and written back.
 _OWNED_KEYS = {
@@ -55,6 +58,10 @@ class ModelConfig:
     extra_json: str = "{}"  # the rest of config.json (token ids, ...), kept verbatim for export
 
     def __post_init__(self):
+        bad_sizes = [f"{name}={getattr(self, name)!r}" for name in _SIZE_FIELDS
+                     if not _is_positive_int(getattr(self, name))]
+        if bad_sizes:
+            raise ValueError(f"sizes must be positive integers: {', '.join(bad_sizes)}")
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"model_type {self.model_type!r} is not supported (supported: {SUPPORTED_MODEL_TYPES})")
         if self.num_heads % self.num_kv_heads:
@@ -83,78 +90,44 @@ class ModelConfig:
     # ------------------------------------------------------------------ Hugging Face config.json
     @classmethod
     def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json", **overrides) -> "ModelConfig":
-        def need(key):
-            if key not in hf or hf[key] is None:
-                raise InputError("missing required field", path=source, field=key)
-            return hf[key]
-
-        model_type = need("model_type")
+        """Every key read is type- and range-checked here; a bad one raises InputError naming `source` and the key."""
+        read = _ConfigJson(hf, source)
+        model_type = read.value("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise InputError(f"model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})",
-                             path=source, field="model_type")
-        act = hf.get("hidden_act", "silu")
-        if act != "silu":
-            raise InputError(f"hidden_act {act!r} is not supported (only silu)", path=source, field="hidden_act")
-        if hf.get("use_sliding_window"):
-            raise InputError("sliding-window attention is switched on; reasonrank-jax implements full attention only",
-                             path=source, field="use_sliding_window")
-        layer_types = hf.get("layer_types") or []
-        if any(t != "full_attention" for t in layer_types):
-            raise InputError(f"layer_types other than full_attention are not supported: {sorted(set(layer_types))}",
-                             path=source, field="layer_types")
-        if hf.get("mlp_bias"):
-            raise InputError("mlp_bias=true is not supported", path=source, field="mlp_bias")
-
-        num_heads = int(need("num_attention_heads"))
-        hidden = int(need("hidden_size"))
-        head_dim = hf.get("head_dim") or hidden // num_heads
-        rope = dict(hf.get("rope_parameters") or {})
-        legacy_scaling = hf.get("rope_scaling")
-        if legacy_scaling:
-            rope = {**dict(legacy_scaling), **rope}
-        rope_theta = float(rope.pop("rope_theta", hf.get("rope_theta", 10000.0)))
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        rope.pop("type", None)
-        if rope_type == "default":
-            scaling = None
-        elif rope_type in ("llama3", "linear"):
-            rope["rope_type"] = rope_type
-            for key in ("factor",) + (("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-                                      if rope_type == "llama3" else ()):
-                if key not in rope:
-                    raise InputError(f"{rope_type} rope scaling needs {key!r}", path=source, field="rope_scaling")
-            scaling = tuple(sorted(rope.items()))
-        else:
-            raise InputError(f"rope type {rope_type!r} is not supported (default, linear, llama3)",
-                             path=source, field="rope_scaling")
-        if model_type == "qwen2":
-            qkv_bias = True
-        else:
-            qkv_bias = bool(hf.get("attention_bias", False))
+            read.fail("model_type", f"model_type {model_type!r} is not supported "
+                                    f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+        _reject_unimplemented(read)
+        rope_theta, rope_scaling = _read_rope(read)
+        hidden = read.positive_int("hidden_size")
+        num_heads = read.positive_int("num_attention_heads")
+        num_kv_heads = read.positive_int("num_key_value_heads", num_heads)
+        if num_heads % num_kv_heads:
+            read.fail("num_key_value_heads", f"{num_kv_heads} does not divide num_attention_heads {num_heads}")
         extra = {k: v for k, v in hf.items() if k not in _OWNED_KEYS}
         fields = dict(
             model_type=model_type,
-            vocab_size=int(need("vocab_size")),
+            vocab_size=read.positive_int("vocab_size"),
             hidden_size=hidden,
-            num_layers=int(need("num_hidden_layers")),
+            num_layers=read.positive_int("num_hidden_layers"),
             num_heads=num_heads,
-            num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
-            head_dim=int(head_dim),
-            intermediate_size=int(need("intermediate_size")),
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            num_kv_heads=num_kv_heads,
+            head_dim=_read_head_dim(read, hidden, num_heads),
+            intermediate_size=read.positive_int("intermediate_size"),
+            rms_norm_eps=read.positive_number("rms_norm_eps", 1e-6),
             rope_theta=rope_theta,
-            rope_scaling=scaling,
-            qkv_bias=qkv_bias,
+            rope_scaling=rope_scaling,
+            # Qwen2 always has q/k/v biases (its config has no attention_bias key).
+            qkv_bias=model_type == "qwen2" or read.flag("attention_bias", False),
             qk_norm=model_type == "qwen3",
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
-            checkpoint_dtype=str(hf.get("torch_dtype") or hf.get("dtype") or "bfloat16"),
+            tie_word_embeddings=read.flag("tie_word_embeddings", False),
+            max_position_embeddings=read.positive_int("max_position_embeddings", 32768),
+            checkpoint_dtype=read.string("torch_dtype", None) or read.string("dtype", "bfloat16"),
             extra_json=json.dumps(extra, sort_keys=True),
         )
         fields.update(overrides)
         try:
             return cls(**fields)
-        except ValueError as err:
+        except ValueError as err:  # an override (remat_policy, ...) that __post_init__ rejects
             raise InputError(str(err), path=source) from None
 
     @classmethod
@@ -165,6 +138,8 @@ class ModelConfig:
         try:
             with open(path, encoding="utf-8") as f:
                 hf = json.load(f)
+        except OSError as err:
+            raise InputError(f"cannot read: {err.strerror}", path=path) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise InputError(f"not valid JSON: {err}", path=path) from None
         if not isinstance(hf, dict):
@@ -205,6 +180,138 @@ class ModelConfig:
         if self.model_type == "llama":
             hf["mlp_bias"] = False
         return hf
+
+
+_REQUIRED = object()  # the default of a key config.json must have
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def _positive_float(value: Any) -> float | None:
+    """float(value) for a finite, positive JSON number; None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond the float range
+        return None
+    return number if 0 < number < math.inf else None
+
+
+class _ConfigJson:
+    """Checked reads of one JSON object of config.json: each failure names the file and the key.
+
+    A null value counts as absent, as in transformers. Integers must be JSON integers: 64.0 is refused like 64.5,
+    because transformers' strict configs refuse it too, and a checkpoint accepted here must load there as well.
+    """
+
+    def __init__(self, obj: dict[str, Any], source: str, prefix: str = ""):
+        self.obj, self.source, self.prefix = obj, source, prefix
+
+    def fail(self, key: str, message: str):
+        raise InputError(message, path=self.source, field=self.prefix + key)
+
+    def _present(self, key: str, default: Any) -> bool:
+        if self.obj.get(key) is not None:
+            return True
+        if default is _REQUIRED:
+            self.fail(key, "missing required field")
+        return False
+
+    def value(self, key: str, default: Any = _REQUIRED) -> Any:
+        return self.obj[key] if self._present(key, default) else default
+
+    def positive_int(self, key: str, default: Any = _REQUIRED) -> int:
+        if not self._present(key, default):
+            return default
+        if not _is_positive_int(self.obj[key]):
+            self.fail(key, f"expected a positive integer, got {self.obj[key]!r}")
+        return self.obj[key]
+
+    def positive_number(self, key: str, default: Any = _REQUIRED) -> float:
+        if not self._present(key, default):
+            return default
+        number = _positive_float(self.obj[key])
+        if number is None:
+            self.fail(key, f"expected a positive number, got {self.obj[key]!r}")
+        return number
+
+    def flag(self, key: str, default: Any = _REQUIRED) -> bool:
+        if not self._present(key, default):
+            return default
+        if not isinstance(self.obj[key], bool):
+            self.fail(key, f"expected true or false, got {self.obj[key]!r}")
+        return self.obj[key]
+
+    def string(self, key: str, default: Any = _REQUIRED) -> str:
+        if not self._present(key, default):
+            return default
+        if not isinstance(self.obj[key], str):
+            self.fail(key, f"expected a string, got {self.obj[key]!r}")
+        return self.obj[key]
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        if not self._present(key, {}):
+            return {}
+        if not isinstance(self.obj[key], dict):
+            self.fail(key, f"expected a JSON object, got {self.obj[key]!r}")
+        return self.obj[key]
+
+
+def _reject_unimplemented(read: _ConfigJson) -> None:
+    """Features the decoder lacks fail at load time rather than as wrong logits."""
+    act = read.value("hidden_act", "silu")
+    if act != "silu":
+        read.fail("hidden_act", f"hidden_act {act!r} is not supported (only silu)")
+    if read.flag("use_sliding_window", False):
+        read.fail("use_sliding_window",
+                  "sliding-window attention is switched on; reasonrank-jax implements full attention only")
+    layer_types = read.value("layer_types", [])
+    if not isinstance(layer_types, list):
+        read.fail("layer_types", f"expected a list, got {layer_types!r}")
+    unsupported = sorted({str(t) for t in layer_types} - {"full_attention"})
+    if unsupported:
+        read.fail("layer_types", f"layer_types other than full_attention are not supported: {unsupported}")
+    if read.flag("mlp_bias", False):
+        read.fail("mlp_bias", "mlp_bias=true is not supported")
+
+
+def _read_head_dim(read: _ConfigJson, hidden: int, num_heads: int) -> int:
+    if read.value("head_dim", None) is None:
+        # Derived, so it must be exact: a floor would silently give a model of another shape than the config says.
+        if hidden % num_heads:
+            read.fail("hidden_size", f"{hidden} is not a multiple of num_attention_heads {num_heads} "
+                                     "and there is no head_dim")
+        head_dim = hidden // num_heads
+    else:
+        head_dim = read.positive_int("head_dim")
+    if head_dim % 2:
+        read.fail("head_dim", f"head_dim {head_dim} is odd; rotary embeddings rotate pairs of dimensions")
+    return head_dim
+
+
+def _read_rope(read: _ConfigJson) -> tuple[float, tuple[tuple[str, Any], ...] | None]:
+    """(rope_theta, scaling) from rope_parameters (transformers 5) over the legacy rope_theta / rope_scaling."""
+    legacy, parameters = read.mapping("rope_scaling"), read.mapping("rope_parameters")
+    rope = _ConfigJson({**legacy, **parameters}, read.source,
+                       prefix="rope_parameters." if parameters else "rope_scaling.")
+    theta = rope.positive_number("rope_theta", None) or read.positive_number("rope_theta", 10000.0)
+    rope_type = rope.value("rope_type", rope.value("type", "default"))
+    if rope_type == "default":
+        return theta, None
+    if rope_type not in ("llama3", "linear"):
+        rope.fail("rope_type", f"rope type {rope_type!r} is not supported (default, linear, llama3)")
+    scaling = {k: v for k, v in rope.obj.items() if k not in ("rope_theta", "type")}
+    scaling.update(rope_type=rope_type, factor=rope.positive_number("factor"))
+    if rope_type == "llama3":
+        low, high = rope.positive_number("low_freq_factor"), rope.positive_number("high_freq_factor")
+        if high <= low:  # llama3 interpolates between the two: (x - low) / (high - low)
+            rope.fail("high_freq_factor", f"{high:g} must be greater than low_freq_factor {low:g}")
+        scaling.update(low_freq_factor=low, high_freq_factor=high,
+                       original_max_position_embeddings=rope.positive_int("original_max_position_embeddings"))
+    return theta, tuple(sorted(scaling.items()))
 
 
 def rope_inv_freq(cfg: ModelConfig):
