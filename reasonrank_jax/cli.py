@@ -1,16 +1,25 @@
-"""`reasonrank-jax <command>`: one module per command.
+"""`reasonrank-jax <command>`: one module per command, each with a typed config.
 
-Each command module defines ``add_arguments(parser)`` and ``main(args) -> int``; all are imported to build the
-parser, so heavy imports (jax, transformers) belong inside ``main`` and ``--help`` stays fast.
-``--config YAML`` gives a command its option values from a file; the command line overrides them.
+A command module defines ``CONFIG`` (a frozen config dataclass, :mod:`reasonrank_jax.config`) and ``main(config)
+-> int``, or ``SUBCOMMANDS`` (name -> (config class, function name, help)). The command-line options are made from
+the config's fields, so ``--window 20``, ``window: 20`` in ``--config FILE.yaml`` and ``window=20`` are the same
+setting, converted and checked in one place. Command modules import jax and transformers only inside their
+functions, so ``--help`` stays fast.
+
+Errors: bad input (:class:`InputError`) is one line on stderr and exit code 2; a closed stdout (``| head``) ends
+the command quietly with 141, as SIGPIPE would; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
 import sys
 
+from reasonrank_jax.config import (Source, Values, unwrap_optional, fields_of, flag_name, is_config,
+                                   parse_override, read_yaml_mapping)
 from reasonrank_jax.errors import InputError
 
 # command name -> (module, one-line help)
@@ -24,74 +33,147 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("reasonrank_jax.data.cli", "build, filter, inspect and synthesize training data"),
 }
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*=")
+EPILOG = ("Settings also come from --config FILE.yaml (keys are the option names, e.g. 'max-passage-length: 512'; "
+          "sections are nested mappings) and from KEY=VALUE arguments (section.key=value); precedence: "
+          "KEY=VALUE > options > --config > defaults. Bad input: one line on stderr, exit code 2.")
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    parser = argparse.ArgumentParser(
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error contract: one line on stderr, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _describe(field, tp) -> str:
+    meta, parts = field.metadata, [field.metadata.get("help", "")]
+    base, _ = unwrap_optional(tp)
+    if meta.get("choices"):
+        parts.append("one of: " + ", ".join(map(str, meta["choices"])))
+    if meta.get("required"):
+        parts.append("required")
+    elif field.default not in (None, (), False):
+        default = " ".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+        parts.append(f"default: {default}")
+    bounds = [f">= {meta['min']:g}" if meta.get("min") is not None else "",
+              f"<= {meta['max']:g}" if meta.get("max") is not None else ""]
+    if any(bounds) and base is not bool:
+        parts.append(" and ".join(b for b in bounds if b))
+    return "; ".join(p for p in parts if p).replace("%", "%%")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One argparse option per config field. argparse only collects strings: converting and checking them is the
+    config's job, and defaults stay in the dataclass (SUPPRESS), so a YAML value is not hidden by one."""
+    for name, (field, tp) in fields_of(cls).items():
+        meta = field.metadata
+        if is_config(tp) or not meta.get("flag", True):
+            continue
+        base, _ = unwrap_optional(tp)
+        many = getattr(base, "__origin__", None) is tuple
+        kwargs = {"default": argparse.SUPPRESS, "help": _describe(field, tp)}
+        if meta.get("positional"):
+            parser.add_argument(name, nargs="*" if many else "?", metavar=meta.get("metavar") or name.upper(),
+                                **kwargs)
+        elif base is bool:
+            parser.add_argument(flag_name(name), dest=name, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            metavar = meta.get("metavar") or ("{" + ",".join(map(str, meta["choices"])) + "}"
+                                              if meta.get("choices") else name.split("_")[-1].upper())
+            parser.add_argument(flag_name(name), dest=name, nargs="+" if many else None, metavar=metavar, **kwargs)
+    parser.add_argument("--config", metavar="YAML", default=argparse.SUPPRESS,
+                        help="settings for this command from a YAML file; the command line overrides them")
+    parser.add_argument("--print-config", action="store_true", default=argparse.SUPPRESS,
+                        help="print the resolved config as YAML and exit")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, ...], tuple[type, object]]]:
+    """The parser, and (command, [subcommand]) -> (config class, function) for every leaf command."""
+    parser = _Parser(
         prog="reasonrank-jax",
         description="ReasonRank listwise reranking in JAX: models, reranking, evaluation, data, training.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    command_parsers = {}
+    leaves = {}
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
-        command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(command_parser)
-        command_parser.add_argument("--config", metavar="YAML",
-                                    help="settings for this command (keys are its option names); "
-                                         "options on the command line override them")
-        command_parser.set_defaults(_main=module.main)
-        command_parsers[name] = command_parser
-    return parser, command_parsers
+        command_parser = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG)
+        if hasattr(module, "SUBCOMMANDS"):
+            inner = command_parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+            inner.required = True
+            for sub_name, (cls, function, sub_help) in module.SUBCOMMANDS.items():
+                leaf = inner.add_parser(sub_name, help=sub_help, description=sub_help, epilog=EPILOG)
+                add_config_arguments(leaf, cls)
+                leaves[(name, sub_name)] = (cls, getattr(module, function))
+        else:
+            add_config_arguments(command_parser, module.CONFIG)
+            leaves[(name,)] = (module.CONFIG, module.main)
+    return parser, leaves
 
 
-def _config_path(argv: list[str]) -> str | None:
+def _split_overrides(argv: list[str], cls: type) -> tuple[list[str], list[str]]:
+    """KEY=VALUE arguments (not an existing file's name, not an option's value) apart from the rest."""
+    takes_value = {flag_name(n) for n, (f, tp) in fields_of(cls).items()
+                   if not is_config(tp) and unwrap_optional(tp)[0] is not bool} | {"--config"}
+    overrides, rest = [], []
     for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
+        after_option = i > 0 and argv[i - 1] in takes_value
+        if _OVERRIDE.match(arg) and not after_option and not os.path.exists(arg):
+            overrides.append(arg)
+        else:
+            rest.append(arg)
+    return overrides, rest
+
+
+def resolve_config(cls: type, args: argparse.Namespace, overrides: list[str]):
+    """defaults < --config < options < KEY=VALUE; every value checked by the config (see config.py)."""
+    values = Values(cls)
+    config_path = getattr(args, "config", None)
+    if config_path:
+        values.set_mapping(read_yaml_mapping(config_path), config_path)
+    for name, (field, tp) in fields_of(cls).items():
+        if not is_config(tp) and hasattr(args, name):
+            label = name if field.metadata.get("positional") else flag_name(name)
+            values.set(name, getattr(args, name), Source(None, label))
+    for text in overrides:
+        key, value = parse_override(text)
+        values.set(key, value, Source(None, text))
+    return values.build(config_path)
+
+
+def _leaf_of(argv: list[str], leaves: dict) -> tuple[str, ...] | None:
+    for length in (2, 1):
+        if tuple(argv[:length]) in leaves:
+            return tuple(argv[:length])
     return None
-
-
-def apply_config(command_parser: argparse.ArgumentParser, path: str) -> None:
-    """Use a YAML file's settings as the command's defaults (so the command line still overrides them)."""
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            settings = yaml.safe_load(f) or {}
-    except OSError as err:
-        raise InputError(f"cannot read config: {err.strerror}", path=path) from None
-    except yaml.YAMLError as err:
-        raise InputError(f"not valid YAML: {str(err).splitlines()[0]}", path=path) from None
-    if not isinstance(settings, dict):
-        raise InputError("expected a mapping of option names to values", path=path)
-    actions = {action.dest: action for action in command_parser._actions}
-    defaults = {}
-    for key, value in settings.items():
-        dest = str(key).lstrip("-").replace("-", "_")
-        if dest not in actions or dest in ("help", "config"):
-            raise InputError(f"unknown setting for '{command_parser.prog}'", path=path, field=str(key))
-        actions[dest].required = False
-        defaults[dest] = value
-    command_parser.set_defaults(**defaults)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, command_parsers = build_parser()
-    command = argv[0] if argv else None
+    parser, leaves = build_parser()
+    leaf = _leaf_of(argv, leaves)
+    name = " ".join(leaf) if leaf else (argv[0] if argv else "")
     try:
-        config = _config_path(argv)
-        if config and command in command_parsers:
-            apply_config(command_parsers[command], config)
-        args = parser.parse_args(argv)
-        return int(args._main(args) or 0)
+        overrides, rest = ([], argv) if leaf is None else _split_overrides(argv[len(leaf):], leaves[leaf][0])
+        args = parser.parse_args(argv if leaf is None else list(leaf) + rest)
+        cls, function = leaves[leaf]
+        config = resolve_config(cls, args, overrides)
+        if getattr(args, "print_config", False):
+            from reasonrank_jax.config import to_yaml
+
+            print(to_yaml(config, name), end="")
+            return 0
+        return int(function(config) or 0)
     except InputError as err:
-        print(f"reasonrank-jax {command}: error: {err}", file=sys.stderr)
+        print(f"reasonrank-jax {name}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python from failing again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
-        print(f"reasonrank-jax {command}: interrupted", file=sys.stderr)
+        print(f"reasonrank-jax {name}: interrupted", file=sys.stderr)
         return 130
 
 

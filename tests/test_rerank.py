@@ -7,8 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, Qwen2Config
 
 from reasonrank_jax.errors import InputError
 from reasonrank_jax.inference import sliding_windows
@@ -136,36 +134,6 @@ def test_slot_scheduler_gives_free_slots_to_the_query_with_most_windows_left():
 
 # ---------------------------------------------------------------------------------------------- end to end
 
-@pytest.fixture(scope="module")
-def tiny_reranker(tmp_path_factory, qwen2_tokenizer_dir):
-    """A tiny random Qwen2 with the real tokenizer's vocabulary, saved with the tokenizer files, plus data files."""
-    root = tmp_path_factory.mktemp("rerank")
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=151646, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
-    model = AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(root / "model")
-    for name in os.listdir(qwen2_tokenizer_dir):
-        (root / "model" / name).write_bytes((open(os.path.join(qwen2_tokenizer_dir, name), "rb")).read())
-    rng = random.Random(0)
-    words = "cell energy protein water light river stone market price robot".split()
-    with open(root / "corpus.jsonl", "w") as f:
-        for q in range(3):
-            for j in range(25):
-                text = " ".join(rng.choice(words) for _ in range(6))
-                f.write(json.dumps({"_id": f"q{q}-d{j}", "title": f"T{j}" if j % 3 == 0 else "", "text": text}) + "\n")
-    with open(root / "queries.jsonl", "w") as f:
-        for q in range(3):
-            f.write(json.dumps({"id": f"q{q}", "query": f"what about {words[q]} [{q}]?"}) + "\n")
-    with open(root / "run.trec", "w") as f:
-        for q in range(3):
-            for j in range(25):
-                f.write(f"q{q} Q0 q{q}-d{j} {j + 1} {30 - j}.5 bm25\n")
-    with open(root / "qrels.txt", "w") as f:
-        f.write("q0 0 q0-d3 1\nq1 0 q1-d20 1\nq2 0 q2-d0 1\n")
-    return root
-
-
 def _rerank(root, out, *extra):
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     cmd = [sys.executable, "-m", "reasonrank_jax", "rerank", "--model", str(root / "model"), "--run",
@@ -221,15 +189,14 @@ class _Killed(Exception):
 
 
 def _cli_args(root, out, *extra):
-    import argparse
+    """The rerank config the command line would give (parsed and checked by the CLI's own code)."""
+    from reasonrank_jax.cli import build_parser, resolve_config
 
-    from reasonrank_jax.inference import cli
-
-    parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
-    return parser.parse_args(["--model", str(root / "model"), "--run", str(root / "run.trec"), "--corpus",
-                              str(root / "corpus.jsonl"), "--queries", str(root / "queries.jsonl"), "--out", str(out),
-                              "--max-new-tokens", "6", "--slots", "2", "--dtype", "float32", *extra])
+    parser, leaves = build_parser()
+    args = parser.parse_args(["rerank", "--model", str(root / "model"), "--run", str(root / "run.trec"), "--corpus",
+                              str(root / "corpus.jsonl"), "--queries", str(root / "queries.jsonl"), "--out",
+                              str(out), "--max-new-tokens", "6", "--slots", "2", "--dtype", "float32", *extra])
+    return resolve_config(leaves[("rerank",)][0], args, [])
 
 
 def test_resume_after_a_kill_mid_job_gives_the_uninterrupted_run(tiny_reranker, tmp_path, monkeypatch):

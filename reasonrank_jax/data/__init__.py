@@ -3,16 +3,40 @@ the self-consistency filter, index-based batches and teacher synthesis.
 
 The TFDS builders live in :mod:`reasonrank_jax.data.builders` (imported on use: it loads
 tensorflow_datasets, which never imports TensorFlow for array_record data sources).
+
+Names are imported on first use (PEP 562), so that importing a command module stays light.
 """
 
-from reasonrank_jax.data.convert import filter_raw, ranking_label, raw_to_rl, raw_to_sft, sft_response
-from reasonrank_jax.data.filter import (DEFAULT_ALPHA, final_list_run, self_consistency_scores, split_of,
-                                        stage_of)
-from reasonrank_jax.data.records import RawTexts, Report, read_raw_rows
-from reasonrank_jax.data.stream import (BatchPlan, batch_indices, bucket_lengths, loss_mask, pad_rows,
-                                        sft_batch, steps_per_epoch, tokenize_rl, tokenize_sft)
+import importlib
 
-__all__ = ["BatchPlan", "DEFAULT_ALPHA", "RawTexts", "Report", "batch_indices", "bucket_lengths",
-           "filter_raw", "final_list_run", "loss_mask", "pad_rows", "ranking_label", "raw_to_rl", "raw_to_sft",
-           "read_raw_rows", "self_consistency_scores", "sft_batch", "sft_response", "split_of", "stage_of",
-           "steps_per_epoch", "tokenize_rl", "tokenize_sft"]
+_EXPORTS = {
+    "filter_raw": "reasonrank_jax.data.convert",
+    "ranking_label": "reasonrank_jax.data.convert",
+    "raw_to_rl": "reasonrank_jax.data.convert",
+    "raw_to_sft": "reasonrank_jax.data.convert",
+    "sft_response": "reasonrank_jax.data.convert",
+    "DEFAULT_ALPHA": "reasonrank_jax.data.filter",
+    "final_list_run": "reasonrank_jax.data.filter",
+    "self_consistency_scores": "reasonrank_jax.data.filter",
+    "split_of": "reasonrank_jax.data.filter",
+    "stage_of": "reasonrank_jax.data.filter",
+    "RawTexts": "reasonrank_jax.data.records",
+    "Report": "reasonrank_jax.data.records",
+    "read_raw_rows": "reasonrank_jax.data.records",
+    "BatchPlan": "reasonrank_jax.data.stream",
+    "batch_indices": "reasonrank_jax.data.stream",
+    "bucket_lengths": "reasonrank_jax.data.stream",
+    "loss_mask": "reasonrank_jax.data.stream",
+    "pad_rows": "reasonrank_jax.data.stream",
+    "sft_batch": "reasonrank_jax.data.stream",
+    "steps_per_epoch": "reasonrank_jax.data.stream",
+    "tokenize_rl": "reasonrank_jax.data.stream",
+    "tokenize_sft": "reasonrank_jax.data.stream",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -5,7 +5,7 @@ Layout::
     BRIGHT_DIR/
       examples/{dataset}.jsonl[.gz]                 id, query, reasoning, gold_ids, gold_ids_long,
                                                     excluded_ids, gold_answer (HF xlangai/BRIGHT "examples")
-      documents/{dataset}.jsonl[.gz] | .parquet     optional corpus: id + content (or contents/text)
+      documents/{dataset}.jsonl[.gz] | .parquet     optional corpus: id + content (reasonrank_jax.inputs rule)
       runs/{retriever}/{dataset}.trec[.gz]          optional first-stage run, `qid Q0 docid rank score tag`
 """
 
@@ -14,13 +14,11 @@ from __future__ import annotations
 import glob
 import os
 
-from reasonrank_jax.data.records import iter_jsonl
+from reasonrank_jax import inputs
 from reasonrank_jax.errors import InputError
 from reasonrank_jax.eval import trec
 from reasonrank_jax.eval.bright import load_bright_examples
 from reasonrank_jax.eval.metrics import rank_documents
-
-_DOC_TEXT_KEYS = ("content", "contents", "text")
 
 
 def _stem(path: str) -> str:
@@ -62,23 +60,8 @@ def read_run(path: str, top_k: int) -> dict[str, list[tuple[str, float]]]:
 
 
 def read_corpus(path: str) -> dict[str, str]:
-    """docid -> passage text, from jsonl[.gz] or parquet with an id and a content field."""
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(path).to_pylist()
-        items = ((i + 1, row) for i, row in enumerate(rows))
-    else:
-        items = iter_jsonl(path)
-    corpus = {}
-    for lineno, obj in items:
-        if isinstance(obj, InputError):
-            raise obj
-        key = next((k for k in _DOC_TEXT_KEYS if isinstance(obj.get(k), str)), None)
-        if "id" not in obj or key is None:
-            raise InputError("expected fields id and content (or contents/text)", path=path, line=lineno)
-        corpus[str(obj["id"])] = obj[key]
-    return corpus
+    """docid -> passage text (the document text of the field rule in :mod:`reasonrank_jax.inputs`)."""
+    return {docid: doc["text"] for docid, doc in inputs.read_corpus(path).items()}
 
 
 def read_examples(path: str, dataset: str) -> list[dict]:

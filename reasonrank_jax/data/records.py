@@ -7,32 +7,30 @@ Accepted raw layout (``RAW_DIR``)::
                                   reasoning, relevant_docids (lists of passage ids)
       id_query/                   query texts, one file per dataset (the file stem is the dataset)
         {dataset}.json            {"qid": "text", ...}
-        {dataset}.jsonl           {"id"|"qid"|"_id": ..., "text"|"query"|"contents": ...} a line
-      id_doc/                     passage texts, same two forms
+        {dataset}.jsonl           or any queries file of reasonrank_jax.inputs (.jsonl, .tsv, .parquet)
+      id_doc/                     passage texts, the same forms
         {dataset}.json            {"docid": "text" | {"title": .., "text": ..}, ...}
-        {dataset}.jsonl           {"id"|"docid"|"_id": ..., "text"|"contents"|...: ..., "title"?: ...}
+        {dataset}.jsonl           or any corpus file of reasonrank_jax.inputs
 
-A text is looked up in the map of the row's dataset first, then in the other files (so one
-``id_query/all.json`` also works). Bad rows do not abort a build: they are collected in a
-:class:`Report` with file and line, and the build fails only when asked to (``strict``).
+The files are read by :func:`reasonrank_jax.inputs.read_queries` and ``read_corpus``, so their
+fields follow the one field rule documented there. A text is looked up in the map of the row's
+dataset first, then in the other files (so one ``id_query/all.json`` also works). Bad rows do not
+abort a build: they are collected in a :class:`Report` with file and line, and the build fails only
+when asked to (``strict``). A file that cannot be read at all (not UTF-8, a truncated gzip) does.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections import Counter
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from reasonrank_jax.errors import InputError
-from reasonrank_jax.eval.trec import open_text
+from reasonrank_jax.inputs import open_text, parse_json_object, read_corpus, read_queries, record_file_stem
 
 RAW_FIELDS = ("dataset", "qid", "initial_list", "final_list", "reasoning", "relevant_docids")
 _LIST_FIELDS = ("initial_list", "final_list", "relevant_docids")
-_ID_KEYS = ("id", "qid", "docid", "_id", "doc_id", "query_id")
-_QUERY_TEXT_KEYS = ("text", "query", "contents", "content")
-_DOC_TEXT_KEYS = ("text", "segment", "contents", "content", "body", "passage")
 
 
 @dataclasses.dataclass
@@ -82,19 +80,31 @@ class Report:
         return "\n".join(lines)
 
 
-def iter_jsonl(path: str) -> Iterator[tuple[int, Any | InputError]]:
-    """Yield (line number, parsed object or the InputError describing the bad line); blank lines skipped."""
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as err:
-                yield lineno, InputError(f"invalid JSON: {err.msg}", path=path, line=lineno)
+def iter_jsonl(path: str) -> Iterator[tuple[int, dict | InputError]]:
+    """Yield (line number, JSON object or the InputError describing the bad line); blank lines skipped.
+
+    A bad line is yielded, not raised, so that a build can count it and go on; a file that cannot
+    be read (missing, not UTF-8, a truncated gzip) raises.
+    """
+    with open_text(path) as lines:
+        for text in lines:
+            if text.strip():
+                try:
+                    yield lines.line, parse_json_object(text, path, lines.line)
+                except InputError as err:
+                    yield lines.line, err
 
 
-def validate_raw_row(obj: Any, path: str, line: int) -> dict:
+class RawRow(dict):
+    """A validated raw row that remembers its file and line, so that an error found later (a text
+    missing from the maps) names them wherever it is raised."""
+
+    def __init__(self, row: dict, path: str, line: int):
+        super().__init__(row)
+        self.path, self.line = path, line
+
+
+def validate_raw_row(obj: Any, path: str, line: int) -> RawRow:
     """Check one raw row's schema; ids become strings. Raises InputError naming the field."""
     if not isinstance(obj, dict):
         raise InputError("expected a JSON object", path=path, line=line)
@@ -121,11 +131,11 @@ def validate_raw_row(obj: Any, path: str, line: int) -> dict:
     outside = [d for d in row["final_list"] if d not in set(row["initial_list"])]
     if outside:
         raise InputError(f"ids not in initial_list: {outside[:3]}", path=path, line=line, field="final_list")
-    return row
+    return RawRow(row, path, line)
 
 
 def read_raw_rows(path: str, report: Report | None = None, strict: bool = False
-                  ) -> Iterator[tuple[int, dict]]:
+                  ) -> Iterator[tuple[int, RawRow]]:
     """Yield (line, validated raw row). Bad rows go to ``report`` (or raise when ``strict``)."""
     for lineno, obj in iter_jsonl(path):
         if report is not None:
@@ -141,41 +151,17 @@ def read_raw_rows(path: str, report: Report | None = None, strict: bool = False
 
 
 class TextMap:
-    """id -> text maps from a directory of per-dataset JSON / JSONL files (see the module docstring)."""
+    """id -> text maps from a directory of per-dataset record files (see the module docstring)."""
 
-    def __init__(self, directory: str, text_keys: tuple[str, ...]):
+    def __init__(self, directory: str, read: Callable[[str], dict[str, Any]]):
         if not os.path.isdir(directory):
             raise InputError("text map directory not found", path=directory)
         self.directory = directory
         self.by_dataset: dict[str, dict[str, Any]] = {}
         for name in sorted(os.listdir(directory)):
-            path = os.path.join(directory, name)
-            stem = name.removesuffix(".gz")
-            if stem.endswith(".jsonl"):
-                self.by_dataset[stem[:-6]] = self._read_jsonl(path, text_keys)
-            elif stem.endswith(".json"):
-                with open_text(path) as f:
-                    try:
-                        data = json.load(f)
-                    except json.JSONDecodeError as err:
-                        raise InputError(f"invalid JSON: {err.msg}", path=path, line=err.lineno) from None
-                if not isinstance(data, dict):
-                    raise InputError("expected a JSON object {id: text}", path=path)
-                self.by_dataset[stem[:-5]] = {str(k): v for k, v in data.items()}
-
-    @staticmethod
-    def _read_jsonl(path: str, text_keys: tuple[str, ...]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for lineno, obj in iter_jsonl(path):
-            if isinstance(obj, InputError):
-                raise obj
-            key = next((k for k in _ID_KEYS if isinstance(obj, dict) and k in obj), None)
-            if key is None or not any(k in obj for k in text_keys):
-                raise InputError(f"expected an id field ({'/'.join(_ID_KEYS)}) and a text field "
-                                 f"({'/'.join(text_keys)})", path=path, line=lineno)
-            value = {k: v for k, v in obj.items() if k not in _ID_KEYS}
-            out[str(obj[key])] = value
-        return out
+            dataset = record_file_stem(name)
+            if dataset is not None:
+                self.by_dataset.setdefault(dataset, {}).update(read(os.path.join(directory, name)))
 
     def lookup(self, dataset: str, item_id: str) -> Any | None:
         own = self.by_dataset.get(dataset)
@@ -187,52 +173,35 @@ class TextMap:
         return None
 
 
-def query_text(value: Any) -> str | None:
-    """A query map value (a string or a dict with a text field) as a string."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        for k in _QUERY_TEXT_KEYS:
-            if isinstance(value.get(k), str):
-                return value[k]
-    return None
-
-
-def passage_dict(docid: str, value: Any) -> dict | None:
-    """A document map value as the passage dict the prompt builder reads (docid, title?, text)."""
-    if isinstance(value, str):
-        return {"docid": docid, "text": value}
-    if isinstance(value, dict):
-        passage = {"docid": docid}
-        if isinstance(value.get("title"), str):
-            passage["title"] = value["title"]
-        for k in _DOC_TEXT_KEYS:
-            if isinstance(value.get(k), str):
-                passage["text"] = value[k]
-                return passage
-    return None
-
-
 class RawTexts:
-    """The raw set's text maps: ``id_query/`` and ``id_doc/`` under one directory."""
+    """The raw set's text maps: ``id_query/`` and ``id_doc/`` under one directory.
+
+    Errors about a row name ``path`` and ``line`` when given, else the row's own (a :class:`RawRow`).
+    """
 
     def __init__(self, raw_dir: str):
-        self.queries = TextMap(os.path.join(raw_dir, "id_query"), _QUERY_TEXT_KEYS)
-        self.docs = TextMap(os.path.join(raw_dir, "id_doc"), _DOC_TEXT_KEYS)
+        self.queries = TextMap(os.path.join(raw_dir, "id_query"), read_queries)
+        self.docs = TextMap(os.path.join(raw_dir, "id_doc"), read_corpus)
 
     def query(self, row: dict, path: str = "", line: int | None = None) -> str:
-        text = query_text(self.queries.lookup(row["dataset"], row["qid"]))
+        text = self.queries.lookup(row["dataset"], row["qid"])
         if text is None:
             raise InputError(f"query {row['qid']!r} of dataset {row['dataset']!r} not found in "
-                             f"{self.queries.directory}", path=path, line=line, field="qid")
+                             f"{self.queries.directory}", **_where(row, path, line), field="qid")
         return text
 
     def passages(self, row: dict, path: str = "", line: int | None = None) -> list[dict]:
+        """The prompt builder's passages: docid, text and (when not empty) title."""
         out = []
         for docid in row["initial_list"]:
-            passage = passage_dict(docid, self.docs.lookup(row["dataset"], docid))
-            if passage is None:
+            doc = self.docs.lookup(row["dataset"], docid)
+            if doc is None:
                 raise InputError(f"passage {docid!r} of dataset {row['dataset']!r} not found in "
-                                 f"{self.docs.directory}", path=path, line=line, field="initial_list")
-            out.append(passage)
+                                 f"{self.docs.directory}", **_where(row, path, line), field="initial_list")
+            out.append({"docid": docid, **({"title": doc["title"]} if doc["title"] else {}), "text": doc["text"]})
         return out
+
+
+def _where(row: dict, path: str, line: int | None) -> dict:
+    return {"path": path or getattr(row, "path", None),
+            "line": line if line is not None else getattr(row, "line", None)}

@@ -19,7 +19,8 @@ an id outside 1..n or a reply without ``<answer>`` counts as a bad answer and is
 
 Robustness: every finished row is appended to the output file as one line and flushed (a crash
 loses nothing already answered); a restart skips the (dataset, qid) keys already in the file and
-drops a torn last line. HTTP 429/5xx, timeouts and connection errors are retried with exponential
+drops a torn last line. An existing output file with any other complete line is not this log and
+is refused, untouched. HTTP 429/5xx, timeouts and connection errors are retried with exponential
 backoff (honouring a numeric Retry-After); requests run on a bounded thread pool. The API key comes
 from an environment variable and is never printed or logged.
 """
@@ -29,7 +30,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
-import os
 import random
 import re
 import socket
@@ -40,6 +40,7 @@ import urllib.request
 from typing import Iterable, Iterator
 
 from reasonrank_jax.errors import InputError
+from reasonrank_jax.inputs import iter_records, read_corpus, read_jsonl_log, read_queries, truncate_torn_tail
 
 TEACHER_INSTRUCTION = (
     "\nAfter the ranking, also list the identifiers of the passages that are relevant to the search "
@@ -47,6 +48,7 @@ TEACHER_INSTRUCTION = (
     "Reply in exactly this form:\n<answer>[2] > [1] > [3]</answer>\n<relevant>[2] > [1]</relevant>\n"
     "Write <relevant></relevant> if no passage is relevant.")
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+LOG_KEYS = ("dataset", "qid")  # what every line of an output file that a restart resumes from must have
 
 
 @dataclasses.dataclass
@@ -177,24 +179,15 @@ class ChatClient:
 
 
 def completed_keys(out_path: str) -> set[tuple[str, str]]:
-    """(dataset, qid) of rows already written; a torn last line (crash mid-write) is cut off."""
-    if not os.path.exists(out_path):
-        return set()
-    keys, good_bytes = set(), 0
-    with open(out_path, "rb") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                row = json.loads(raw)
-                keys.add((str(row["dataset"]), str(row["qid"])))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                break
-            good_bytes += len(raw)
-    if good_bytes != os.path.getsize(out_path):
-        with open(out_path, "r+b") as f:
-            f.truncate(good_bytes)
-    return keys
+    """(dataset, qid) of rows already written; a torn last line (crash mid-write) is cut off.
+
+    An existing file that is not such a log (e.g. a run file given as --out by mistake) is refused
+    with an InputError and left untouched.
+    """
+    rows, good_bytes, torn = read_jsonl_log(out_path, LOG_KEYS)
+    if torn:
+        truncate_torn_tail(out_path, good_bytes)
+    return {(str(row["dataset"]), str(row["qid"])) for row in rows}
 
 
 @dataclasses.dataclass
@@ -261,53 +254,24 @@ def synthesize(jobs: Iterable[Job], client: ChatClient, tokenizer, out_path: str
 
 def jobs_from_run(run_path: str, corpus_path: str, queries_path: str, dataset: str, top_k: int = 20
                   ) -> Iterator[Job]:
-    """Top-k of a TREC run with texts from a corpus (jsonl/parquet: id + content) and queries."""
-    from reasonrank_jax.data.bright_files import read_corpus, read_run
+    """Top-k of a TREC run with texts from a corpus and a queries file (any format of reasonrank_jax.inputs)."""
+    from reasonrank_jax.data.bright_files import read_run
 
-    corpus, queries, run = read_corpus(corpus_path), read_queries(queries_path), read_run(run_path, top_k)
+    run, queries = read_run(run_path, top_k), read_queries(queries_path)
+    corpus = read_corpus(corpus_path, {docid for ranked in run.values() for docid, _ in ranked})
     for qid, ranked in run.items():
         if qid not in queries:
             raise InputError(f"query {qid!r} of the run not in the queries file", path=queries_path)
-        missing = [d for d, _ in ranked if d not in corpus]
-        if missing:
-            raise InputError(f"passage {missing[0]!r} of query {qid!r} not in the corpus", path=corpus_path)
-        yield Job(dataset, qid, queries[qid], [{"docid": d, "text": corpus[d]} for d, _ in ranked])
-
-
-def read_queries(path: str) -> dict[str, str]:
-    """qid -> text from jsonl (id/qid/_id + query/text) or a TSV ``qid<TAB>text`` file."""
-    from reasonrank_jax.data.records import iter_jsonl, open_text, query_text
-
-    out = {}
-    if ".jsonl" in os.path.basename(path):
-        for lineno, obj in iter_jsonl(path):
-            if isinstance(obj, InputError):
-                raise obj
-            key = next((k for k in ("id", "qid", "_id", "query_id") if k in obj), None)
-            text = query_text(obj)
-            if key is None or text is None:
-                raise InputError("expected an id and a query text field", path=path, line=lineno)
-            out[str(obj[key])] = text
-        return out
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                qid, sep, text = line.rstrip("\n").partition("\t")
-                if not sep:
-                    raise InputError("expected 'qid<TAB>text'", path=path, line=lineno)
-                out[qid] = text
-    return out
+        yield Job(dataset, qid, queries[qid], [{"docid": d, **corpus[d]} for d, _ in ranked])
 
 
 def jobs_from_raw(raw_path: str, raw_dir: str) -> Iterator[Job]:
     """Rows with dataset, qid, initial_list (labels not needed) and the id_query/ id_doc/ maps."""
-    from reasonrank_jax.data.records import RawTexts, iter_jsonl
+    from reasonrank_jax.data.records import RawTexts
 
     texts = RawTexts(raw_dir)
-    for lineno, obj in iter_jsonl(raw_path):
-        if isinstance(obj, InputError):
-            raise obj
-        if not isinstance(obj, dict) or not all(k in obj for k in ("dataset", "qid", "initial_list")):
+    for lineno, obj in iter_records(raw_path):
+        if not all(k in obj for k in ("dataset", "qid", "initial_list")):
             raise InputError("expected dataset, qid, initial_list", path=raw_path, line=lineno)
         row = {"dataset": str(obj["dataset"]), "qid": str(obj["qid"]),
                "initial_list": [str(d) for d in obj["initial_list"]]}

@@ -1,9 +1,28 @@
 """Evaluation: TREC run/qrels files (trec), BRIGHT examples (bright), trec_eval-exact metrics (metrics),
-and the `reasonrank-jax eval` command (cli)."""
+and the `reasonrank-jax eval` command (cli).
 
-from reasonrank_jax.eval.bright import DATASETS, load_bright_examples
-from reasonrank_jax.eval.metrics import aggregate, drop_excluded, evaluate, parse_metrics
-from reasonrank_jax.eval.trec import read_qrels, read_run, read_run_lists, write_qrels, write_run
+Names are imported on first use (PEP 562), so that importing a command module stays light.
+"""
 
-__all__ = ["DATASETS", "load_bright_examples", "aggregate", "drop_excluded", "evaluate", "parse_metrics",
-           "read_qrels", "read_run", "read_run_lists", "write_qrels", "write_run"]
+import importlib
+
+_EXPORTS = {
+    "DATASETS": "reasonrank_jax.eval.bright",
+    "load_bright_examples": "reasonrank_jax.eval.bright",
+    "aggregate": "reasonrank_jax.eval.metrics",
+    "drop_excluded": "reasonrank_jax.eval.metrics",
+    "evaluate": "reasonrank_jax.eval.metrics",
+    "parse_metrics": "reasonrank_jax.eval.metrics",
+    "read_qrels": "reasonrank_jax.eval.trec",
+    "read_run": "reasonrank_jax.eval.trec",
+    "read_run_lists": "reasonrank_jax.eval.trec",
+    "write_qrels": "reasonrank_jax.eval.trec",
+    "write_run": "reasonrank_jax.eval.trec",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

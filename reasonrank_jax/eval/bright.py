@@ -1,21 +1,20 @@
 """BRIGHT examples: queries, gold documents (the qrels) and excluded documents.
 
-One example a line (``.jsonl``, ``.jsonl.gz``) or a row (``.parquet``), with the fields of the
-Hugging Face ``xlangai/BRIGHT`` "examples" configuration: ``id``, ``query``, ``reasoning``,
-``excluded_ids`` (``["N/A"]`` when none), ``gold_ids``, ``gold_ids_long``, ``gold_answer``.
+One example a line (``.jsonl``, ``.jsonl.gz``) or a row (``.parquet``), read by
+:func:`reasonrank_jax.inputs.iter_records`, with the fields of the Hugging Face ``xlangai/BRIGHT``
+"examples" configuration: ``id``, ``query``, ``reasoning``, ``excluded_ids`` (``["N/A"]`` when
+none), ``gold_ids``, ``gold_ids_long``, ``gold_answer``.
 Qrels are each example's ``gold_ids`` at relevance 1 (SPEC section 3).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 from reasonrank_jax.errors import InputError
-from reasonrank_jax.eval.trec import open_text
+from reasonrank_jax.inputs import iter_records
 
 DATASETS = ("biology", "earth_science", "economics", "psychology", "robotics", "stackoverflow",
             "sustainable_living", "leetcode", "pony", "aops", "theoremqa_questions", "theoremqa_theorems")
@@ -34,7 +33,7 @@ def load_bright_examples(path: str | os.PathLike) -> BrightExamples:
     """Read and check a BRIGHT examples file; errors name the file, the line (or row) and the field."""
     path = os.fspath(path)
     examples, qrels, excluded = [], {}, {}
-    for line, record in _records(path):
+    for line, record in iter_records(path):
         example = _check_example(record, path, line)
         qid = example["id"]
         if qid in qrels:
@@ -45,33 +44,7 @@ def load_bright_examples(path: str | os.PathLike) -> BrightExamples:
     return BrightExamples(examples, qrels, excluded)
 
 
-def _records(path: str) -> Iterator[tuple[int, object]]:
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq  # only needed for parquet input
-        try:
-            rows = pq.read_table(path).to_pylist()
-        except (OSError, ValueError) as err:
-            raise InputError(f"cannot read parquet: {err}", path=path) from None
-        yield from enumerate(rows, start=1)
-        return
-    with open_text(path) as lines:
-        try:
-            for number, text in enumerate(lines, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    yield number, json.loads(text)
-                except json.JSONDecodeError as err:
-                    raise InputError(f"not a JSON object: {err.msg}", path=path, line=number) from None
-        except UnicodeDecodeError as err:
-            raise InputError(f"not UTF-8 text ({err.reason})", path=path) from None
-        except (OSError, EOFError) as err:
-            raise InputError(f"cannot read: {err}", path=path) from None
-
-
-def _check_example(record: object, path: str, line: int) -> dict:
-    if not isinstance(record, dict):
-        raise InputError(f"expected a JSON object, got {type(record).__name__}", path=path, line=line)
+def _check_example(record: dict, path: str, line: int) -> dict:
     for field in ("id", "query", "gold_ids"):
         if record.get(field) is None:
             raise InputError("missing field", path=path, line=line, field=field)

@@ -9,13 +9,13 @@ that have qrels, and ``num_queries`` counts them.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from reasonrank_jax.config import ConfigCheckError, OneOf, option
 from reasonrank_jax.errors import InputError
-from reasonrank_jax.eval import bright, metrics, trec
 
 DEFAULT_METRICS = "ndcg_cut.10,ndcg_cut.1,ndcg_cut.5,recall.10,recall.100,mrr.10,map"
 HEADLINE = "ndcg_cut_10"
@@ -23,31 +23,43 @@ _LABELS = {"ndcg_cut": "nDCG@{}", "recall": "R@{}", "P": "P@{}", "mrr": "MRR@{}"
 _PLAIN_LABELS = {"map": "MAP", "recip_rank": "MRR", "ndcg": "nDCG"}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN",
-                        help="TREC run files (qid Q0 docid rank score tag), plain or gzip")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--qrels", metavar="FILE", help="TREC qrels file (qid iter docid rel)")
-    source.add_argument("--bright-examples", metavar="FILE_OR_DIR",
-                        help="BRIGHT examples (.jsonl, .jsonl.gz, .parquet) whose gold_ids are the qrels; "
-                             "a directory matches each run to {dir}/{dataset}.jsonl(.gz) by the run's name")
-    parser.add_argument("--metrics", nargs="+", default=[DEFAULT_METRICS], metavar="M",
-                        help="measures, comma- or space-separated: trec_eval names (ndcg_cut.10, "
-                             "recall.100, P.5, map, recip_rank, ndcg; a family alone such as ndcg_cut "
-                             "gives trec_eval's default cutoffs), mrr.10 (MRR@10), or ndcg@10-style "
-                             f"aliases (default: {DEFAULT_METRICS})")
-    parser.add_argument("--per-query", action="store_true",
-                        help="also print each query's values (tab-separated lines: run, qid, measure, value; "
-                             "with --json a 'per_query' object)")
-    parser.add_argument("--json", action="store_true",
-                        help="print JSON instead of the table: flat {measure: mean, num_queries} for one run; "
-                             "{'runs': {name: ...}, 'mean': ...} for several")
-    parser.add_argument("--drop-excluded", action="store_true",
-                        help="remove each query's BRIGHT excluded_ids from the run before scoring "
-                             "(off by default, as the paper scored)")
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    runs: tuple[str, ...] = option((), positional=True, required=True, metavar="RUN",
+                                   help="TREC run files (qid Q0 docid rank score tag), plain or gzip")
+    qrels: str | None = option(metavar="FILE", help="TREC qrels file (qid iter docid rel)")
+    bright_examples: str | None = option(
+        metavar="FILE_OR_DIR", help="BRIGHT examples (.jsonl, .jsonl.gz, .parquet) whose gold_ids are the qrels; "
+                                    "a directory matches each run to {dir}/{dataset}.jsonl(.gz) by the run's name")
+    metrics: tuple[str, ...] = option(
+        (DEFAULT_METRICS,), metavar="M",
+        help="measures, comma- or space-separated: trec_eval names (ndcg_cut.10, recall.100, P.5, map, "
+             "recip_rank, ndcg; a family alone such as ndcg_cut gives trec_eval's default cutoffs), mrr.10 "
+             "(MRR@10), or ndcg@10-style aliases")
+    per_query: bool = option(False, help="also print each query's values (tab-separated lines: run, qid, measure, "
+                                         "value; with --json a 'per_query' object)")
+    json: bool = option(False, help="print JSON instead of the table: flat {measure: mean, num_queries} for one "
+                                    "run; {'runs': {name: ...}, 'mean': ...} for several")
+    drop_excluded: bool = option(False, help="remove each query's BRIGHT excluded_ids from the run before scoring "
+                                             "(off by default, as the paper scored)")
+
+    ONE_OF = (OneOf(("qrels", "bright_examples")),)
+
+    def check(self) -> None:
+        from reasonrank_jax.eval.metrics import parse_metrics
+
+        try:
+            parse_metrics(self.metrics)
+        except InputError as err:
+            raise ConfigCheckError("metrics", str(err).removeprefix("[metrics]: ")) from None
 
 
-def main(args: argparse.Namespace) -> int:
+CONFIG = EvalConfig
+
+
+def main(args: EvalConfig) -> int:
+    from reasonrank_jax.eval import metrics, trec
+
     names = metrics.parse_metrics(args.metrics)
     if HEADLINE in names:
         names.remove(HEADLINE)
@@ -79,6 +91,8 @@ def main(args: argparse.Namespace) -> int:
 
 def _load_judgements(qrels_path, examples_path, run_path):
     """(qrels, excluded) shared by all runs, or for one run when examples_path is a directory."""
+    from reasonrank_jax.eval import bright, trec
+
     if qrels_path:
         return trec.read_qrels(qrels_path), {}
     if Path(examples_path).is_dir():
@@ -91,23 +105,31 @@ def _load_judgements(qrels_path, examples_path, run_path):
 
 def _run_labels(paths: list[str]) -> list[str]:
     """Dataset names from the file names; the path itself where two runs share a name."""
+    from reasonrank_jax.eval import bright
+
     names = [bright.dataset_name(p) for p in paths]
     return [p if names.count(n) > 1 else n for p, n in zip(paths, names)]
 
 
 def _summary(per_query: dict, names: list[str]) -> dict:
+    from reasonrank_jax.eval import metrics
+
     means = metrics.aggregate(per_query, names)
     return {**{metrics.dotted_name(n): means[n] for n in names}, "num_queries": len(per_query)}
 
 
 def _mean_over_runs(summaries: list[dict], names: list[str]) -> dict:
     """Unweighted mean of the runs' means (the BRIGHT average over datasets)."""
+    from reasonrank_jax.eval import metrics
+
     keys = [metrics.dotted_name(n) for n in names]
     mean = {k: sum(s[k] for s in summaries) / len(summaries) for k in keys}
     return {**mean, "num_queries": sum(s["num_queries"] for s in summaries), "num_runs": len(summaries)}
 
 
 def _print_json(results: dict, names: list[str], per_query: bool) -> None:
+    from reasonrank_jax.eval import metrics
+
     summaries = {}
     for label, values in results.items():
         summaries[label] = _summary(values, names)
@@ -129,6 +151,8 @@ def _label(name: str) -> str:
 
 
 def _print_table(results: dict, names: list[str], per_query: bool) -> None:
+    from reasonrank_jax.eval import metrics
+
     if per_query:
         for label, values in results.items():
             for qid, q in values.items():

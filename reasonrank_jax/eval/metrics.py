@@ -50,13 +50,13 @@ def parse_metrics(names: Iterable[str]) -> list[str]:
     Accepts a trec_eval family (``ndcg_cut`` -> its default cutoffs), a dotted or underscored
     cutoff (``ndcg_cut.10``, ``ndcg_cut_10``, ``ndcg_cut.1,5,10``), ``@`` forms (``ndcg@10``,
     ``recall@100``, ``mrr@10``, ``P@5``), and the plain ``map``, ``recip_rank``, ``ndcg``.
-    Items are also split on commas, a bare number continuing the previous family
+    Items are also split on commas and whitespace, a bare number continuing the previous family
     (``ndcg_cut.1,5,recall.100``).
     """
     canonical: list[str] = []
     family = None
     for item in names:
-        for token in filter(None, (t.strip() for t in str(item).split(","))):
+        for token in filter(None, re.split(r"[,\s]+", str(item))):
             if token.isdigit():
                 if family is None or family not in CUTOFF_FAMILIES:
                     raise InputError(f"cutoff {token!r} does not follow a measure with cutoffs",

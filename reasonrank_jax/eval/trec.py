@@ -17,9 +17,9 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
+from reasonrank_jax import inputs
 from reasonrank_jax.errors import InputError
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _FIELDS_RE = re.compile(r"(\s+)")
 DEFAULT_TAG = "reasonrank_jax"
 
@@ -30,17 +30,13 @@ class RunEntry(NamedTuple):
     score: float
 
 
-def open_text(path: str | os.PathLike, mode: str = "r") -> io.TextIOBase:
-    """Open a UTF-8 text file, gzip-compressed or not (magic bytes when reading, suffix when writing)."""
-    path = os.fspath(path)
+def open_text(path: str | os.PathLike, mode: str = "r") -> io.TextIOBase | inputs.TextFile:
+    """Read (:func:`reasonrank_jax.inputs.open_text`: gzip by magic bytes, errors as InputError) or
+    write a UTF-8 text file (gzip when the name ends in ``.gz``)."""
     if mode == "r":
-        try:
-            with open(path, "rb") as raw:
-                compressed = raw.read(2) == _GZIP_MAGIC
-        except OSError as err:
-            raise InputError(f"cannot read: {err.strerror}", path=path) from None
-        return gzip.open(path, "rt", encoding="utf-8") if compressed else open(path, encoding="utf-8")
+        return inputs.open_text(path)
     if mode == "w":
+        path = os.fspath(path)
         if path.endswith(".gz"):
             return gzip.open(path, "wt", encoding="utf-8")
         return open(path, "w", encoding="utf-8")
@@ -51,24 +47,19 @@ def _split_lines(path: str | os.PathLike, head: int, tail: int, layout: str
                  ) -> Iterator[tuple[int, list[str]]]:
     """Yield (line number, fields) with ``head`` fields, then the docid, then ``tail`` fields."""
     want = head + 1 + tail
-    with open_text(path) as lines:
-        try:
-            for number, line in enumerate(lines, start=1):
-                stripped = line.strip()
-                if not stripped:
-                    continue
-                parts = _FIELDS_RE.split(stripped)  # fields at even indices, separators between
-                num_fields = (len(parts) + 1) // 2
-                if num_fields < want:
-                    raise InputError(f"expected {want} fields {layout!r}, got {num_fields}",
-                                     path=os.fspath(path), line=number)
-                docid = "".join(parts[2 * head: 2 * (num_fields - tail) - 1])
-                fields = parts[0: 2 * head: 2] + [docid] + parts[2 * (num_fields - tail)::2]
-                yield number, fields
-        except UnicodeDecodeError as err:
-            raise InputError(f"not UTF-8 text ({err.reason})", path=os.fspath(path)) from None
-        except (OSError, EOFError) as err:  # e.g. a truncated or corrupt gzip stream
-            raise InputError(f"cannot read: {err}", path=os.fspath(path)) from None
+    with inputs.open_text(path) as lines:
+        for number, line in enumerate(lines, start=1):
+            stripped = line.strip()
+            if not stripped:
+                continue
+            parts = _FIELDS_RE.split(stripped)  # fields at even indices, separators between
+            num_fields = (len(parts) + 1) // 2
+            if num_fields < want:
+                raise InputError(f"expected {want} fields {layout!r}, got {num_fields}",
+                                 path=os.fspath(path), line=number)
+            docid = "".join(parts[2 * head: 2 * (num_fields - tail) - 1])
+            fields = parts[0: 2 * head: 2] + [docid] + parts[2 * (num_fields - tail)::2]
+            yield number, fields
 
 
 def _number(text: str, kind: type, what: str, path, line: int):

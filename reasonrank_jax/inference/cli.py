@@ -2,7 +2,8 @@
 
 Outputs in --out: run.trec (every candidate once, scores n - rank + 1), windows.jsonl (one record per window),
 done.jsonl (one line per finished query, appended and fsync'd: the resume log), settings.json (what the rankings
-depend on) and summary.json. Restarted with the same --out and the same settings, queries in done.jsonl are skipped
+depend on), config.yaml (the resolved config) and summary.json; nothing is written before the model has loaded, and
+an --out holding anything else is refused. Restarted with the same --out and the same settings, queries in done.jsonl are skipped
 and their windows are not redone (windows of unfinished queries are); the final run is written from done.jsonl, so
 an interrupted and resumed job writes the same run as an uninterrupted one. Different settings are refused.
 Candidates below --top keep their first-stage order after the reranked ones.
@@ -10,150 +11,85 @@ Candidates below --top keep their first-stage order after the reranked ones.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import time
 
+from reasonrank_jax.config import ConfigCheckError, OneOf, option
 from reasonrank_jax.errors import InputError
-
-_ID_FIELDS = ("id", "_id", "docid", "qid")
-_QUERY_FIELDS = ("query", "text", "question")
+from reasonrank_jax.inputs import read_corpus as load_corpus, read_queries as load_queries  # the field rule
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="Hugging Face checkpoint directory (with tokenizer files)")
-    parser.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
-    parser.add_argument("--run", required=True, help="first-stage TREC run (plain or .gz)")
-    parser.add_argument("--corpus", required=True, help="corpus JSONL (id/_id/docid + contents/text/content, title)")
-    queries = parser.add_mutually_exclusive_group(required=True)
-    queries.add_argument("--queries", help="queries: JSONL (id/qid/_id + query/text) or TSV (qid<TAB>query)")
-    queries.add_argument("--bright-examples", help="BRIGHT examples file (queries and gold_ids)")
-    parser.add_argument("--out", required=True, help="output directory (resumable)")
-    parser.add_argument("--window", type=int, default=20)
-    parser.add_argument("--step", type=int, default=10)
-    parser.add_argument("--top", type=int, default=100, help="rerank the first-stage top-N (default 100)")
-    parser.add_argument("--mode", default="rank_GPT_reasoning",
-                        choices=("rank_GPT_reasoning", "rank_GPT_qwen3", "rank_GPT"))
-    parser.add_argument("--max-passage-length", type=int, default=512, help="tokens per passage (BEIR: 100)")
-    parser.add_argument("--max-new-tokens", type=int, help="default: the mode's (3172 for reasoning modes)")
-    parser.add_argument("--slots", type=int, default=8, help="sequences decoded together")
-    parser.add_argument("--max-len", type=int, help="KV cache slots per sequence (default: longest prompt bucket "
-                                                     "+ max new tokens)")
-    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
-    parser.add_argument("--scheduler", default="slots", choices=("slots", "barrier"))
-    parser.add_argument("--eval", metavar="QRELS", help="print metrics before and after (with --bright-examples: "
-                                                         "gold_ids unless QRELS is given)")
-    parser.add_argument("--max-queries", type=int, help="only the first N queries of the run")
+@dataclasses.dataclass(frozen=True)
+class RerankConfig:
+    model: str | None = option(required=True, metavar="CKPT_DIR",
+                               help="Hugging Face checkpoint directory (with tokenizer files)")
+    tokenizer: str | None = option(metavar="DIR", help="tokenizer directory (default: --model)")
+    run: str | None = option(required=True, metavar="FILE", help="first-stage TREC run (plain or .gz)")
+    corpus: str | None = option(required=True, metavar="FILE",
+                                help="corpus: JSONL/JSON/TSV/parquet, plain or .gz (field rule: README, Input formats)")
+    queries: str | None = option(metavar="FILE", help="queries: JSONL/JSON/TSV (qid<TAB>query)/parquet")
+    bright_examples: str | None = option(metavar="FILE", help="BRIGHT examples file (queries and gold_ids)")
+    out: str | None = option(required=True, metavar="DIR",
+                             help="output directory: new, empty, or an earlier rerank's (resumed)")
+    overwrite: bool = option(False, help="allow --out to be a directory holding other files")
+    window: int = option(20, min=1, help="passages per window")
+    step: int = option(10, min=1, help="window stride (<= --window, so every rank of the top is reranked)")
+    top: int = option(100, min=1, help="rerank the first-stage top-N")
+    mode: str = option("rank_GPT_reasoning", choices=("rank_GPT_reasoning", "rank_GPT_qwen3", "rank_GPT"),
+                       help="prompt and decoding mode (SPEC 1)")
+    max_passage_length: int = option(512, min=1, help="tokens per passage (BEIR: 100)")
+    max_new_tokens: int | None = option(min=1, help="default: the mode's (3172 for reasoning modes)")
+    slots: int = option(8, min=1, help="sequences decoded together")
+    max_len: int | None = option(min=1, help="KV cache slots per sequence (default: longest prompt bucket + max "
+                                             "new tokens)")
+    dtype: str = option("bfloat16", choices=("float32", "bfloat16"), help="compute and weight dtype")
+    scheduler: str = option("slots", choices=("slots", "barrier"),
+                            help="slots: refill a decode slot as soon as a window ends; barrier: the original's")
+    eval: str | None = option(metavar="QRELS", help="print metrics before and after (with --bright-examples: "
+                                                    "gold_ids unless QRELS is given)")
+    max_queries: int | None = option(min=1, help="only the first N queries of the run")
+
+    ONE_OF = (OneOf(("queries", "bright_examples")),)
+
+    def check(self) -> None:
+        if self.step > self.window:
+            raise ConfigCheckError("step", f"must be <= window ({self.window}), got {self.step}: ranks between "
+                                           "windows would never be reranked")
 
 
-def _read_jsonl(path: str):
-    from reasonrank_jax.eval.trec import open_text
-
-    if not os.path.isfile(path):
-        raise InputError("file not found", path=path)
-    with open_text(path) as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"not valid JSON: {err.msg}", path=path, line=line_number) from None
-            if not isinstance(record, dict):
-                raise InputError("expected a JSON object", path=path, line=line_number)
-            yield line_number, record
+CONFIG = RerankConfig
 
 
-def _first(record: dict, fields: tuple[str, ...], path: str, line: int, what: str):
-    for field in fields:
-        if record.get(field) is not None:
-            return str(record[field])
-    raise InputError(f"missing {what} (one of {', '.join(fields)})", path=path, line=line, field=fields[0])
+def _read_done(path: str) -> tuple[dict[str, dict], int]:
+    """The resume log (qid -> record) and its length without a torn last line (a kill mid-write).
 
+    Read only: a line that is not a finished-query record means the file is not ours, an input error."""
+    from reasonrank_jax.inputs import read_jsonl_log
 
-def load_corpus(path: str, needed: set[str]) -> dict[str, dict]:
-    """Only the documents the run needs: BRIGHT and BEIR corpora are large."""
-    corpus = {}
-    for line, record in _read_jsonl(path):
-        docid = _first(record, _ID_FIELDS, path, line, "document id")
-        if docid not in needed:
-            continue
-        text = next((record[f] for f in ("contents", "text", "content", "body", "passage") if f in record), None)
-        if text is None:
-            raise InputError("missing document text", path=path, line=line, field="contents")
-        corpus[docid] = {"title": record.get("title") or "", "text": str(text)}
-    missing = needed - corpus.keys()
-    if missing:
-        raise InputError(f"{len(missing)} documents of the run are not in the corpus, e.g. {sorted(missing)[0]!r}",
-                         path=path)
-    return corpus
-
-
-def load_queries(path: str) -> dict[str, str]:
-    from reasonrank_jax.eval.trec import open_text
-
-    if not os.path.isfile(path):
-        raise InputError("file not found", path=path)
-    if path.endswith((".tsv", ".tsv.gz", ".txt")):
-        queries = {}
-        with open_text(path) as f:
-            for line_number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                parts = line.rstrip("\n").split("\t", 1)
-                if len(parts) != 2:
-                    raise InputError("expected 'qid<TAB>query'", path=path, line=line_number)
-                queries[parts[0]] = parts[1]
-        return queries
-    return {_first(r, _ID_FIELDS, path, line, "query id"): _first(r, _QUERY_FIELDS, path, line, "query text")
-            for line, r in _read_jsonl(path)}
-
-
-def _read_done(path: str) -> dict[str, dict]:
-    """The resume log; a torn last line (a kill mid-write) is ignored and truncated away."""
-    done = {}
     if not os.path.exists(path):
-        return done
-    good_bytes = 0
-    with open(path, "rb") as f:
-        for raw in f:
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError:
-                break
-            if not raw.endswith(b"\n"):
-                break
-            done[record["qid"]] = record
-            good_bytes += len(raw)
-    with open(path, "r+b") as f:
-        f.truncate(good_bytes)
-    return done
+        return {}, 0
+    records, good_bytes, _ = read_jsonl_log(path, ("qid", "ranking", "windows", "parse_failures", "tokens_in",
+                                                   "tokens_out"))
+    return {record["qid"]: record for record in records}, good_bytes
 
 
-def _check_positive(args) -> None:
-    for name in ("window", "step", "top", "slots", "max_new_tokens", "max_len", "max_passage_length", "max_queries"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise InputError(f"must be >= 1, got {value}", field="--" + name.replace("_", "-"))
-
-
-def _check_settings(path: str, settings: dict) -> None:
+def _compare_settings(path: str, settings: dict) -> None:
     """A resumed job must rank as the interrupted one did: refuse an --out written with other settings."""
-    if os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                previous = json.load(f)
-        except json.JSONDecodeError:
-            previous = None  # torn by a kill before any query finished: nothing to protect
-        if isinstance(previous, dict):
-            for key, value in settings.items():
-                if previous.get(key) != value:
-                    raise InputError(f"--out holds a job run with {key}={previous.get(key)!r}, not {value!r}; "
-                                     "use another --out", path=path, field=key)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(settings, f, indent=2)
-    os.replace(path + ".tmp", path)
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            previous = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError("not valid JSON; is this --out another job's?", path=path) from None
+    if not isinstance(previous, dict):
+        raise InputError("expected a JSON object; is this --out another job's?", path=path)
+    for key, value in settings.items():
+        if previous.get(key) != value:
+            raise InputError(f"--out holds a job run with {key}={previous.get(key)!r}, not {value!r}; "
+                             "use another --out", path=path, field=key)
 
 
 def _keep_finished_windows(path: str, done: dict) -> None:
@@ -168,9 +104,9 @@ def _keep_finished_windows(path: str, done: dict) -> None:
                     kept.append(line)
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(kept)
-    os.replace(path + ".tmp", path)
+    from reasonrank_jax.outputs import atomic_write
+
+    atomic_write(path, "".join(kept))
 
 
 class _FittingPrompter:
@@ -210,7 +146,7 @@ def _evaluate(label: str, run: dict, qrels: dict) -> None:
           f"  ({len(per_query)} queries)")
 
 
-def main(args) -> int:
+def main(args: RerankConfig) -> int:
     import jax
     from tqdm import tqdm
 
@@ -220,11 +156,14 @@ def main(args) -> int:
     from reasonrank_jax.inference.rerank import (WindowPrompter, make_query_state, rerank_barrier, rerank_slots,
                                                  trec_lines)
     from reasonrank_jax.models import decode_params, load_pretrained
+    from reasonrank_jax.outputs import OutputDir, atomic_write
     from reasonrank_jax.text import SAMPLING_DEFAULTS, eos_token_ids, load_tokenizer
 
-    _check_positive(args)
     started = time.perf_counter()
+    out = OutputDir(args.out, "rerank", args.overwrite, legacy_markers=("settings.json",))
     run = read_run_lists(args.run)
+    if not run:
+        raise InputError("the run has no queries: nothing to rerank", path=args.run)
     qrels = None
     if args.bright_examples:
         bright = load_bright_examples(args.bright_examples)
@@ -242,17 +181,17 @@ def main(args) -> int:
     ranked = {qid: [entry.docid for entry in run[qid]] for qid in qids}
     corpus = load_corpus(args.corpus, {d for qid in qids for d in ranked[qid][: args.top]})
 
-    os.makedirs(args.out, exist_ok=True)
-    done_path, windows_path = os.path.join(args.out, "done.jsonl"), os.path.join(args.out, "windows.jsonl")
+    done_path, windows_path = out.file("done.jsonl"), out.file("windows.jsonl")
+    settings_path = out.file("settings.json")
     defaults = SAMPLING_DEFAULTS[args.mode]
     max_new_tokens = args.max_new_tokens or defaults.max_new_tokens
-    _check_settings(os.path.join(args.out, "settings.json"), {
+    settings = {
         "model": os.path.abspath(args.model), "tokenizer": os.path.abspath(args.tokenizer or args.model),
         "run": os.path.abspath(args.run), "window": args.window, "step": args.step, "top": args.top,
         "mode": args.mode, "max_passage_length": args.max_passage_length, "max_new_tokens": max_new_tokens,
-        "dtype": args.dtype})
-    done = _read_done(done_path)
-    _keep_finished_windows(windows_path, done)
+        "dtype": args.dtype}
+    _compare_settings(settings_path, settings)
+    done, done_bytes = _read_done(done_path)
     states = [make_query_state(qid, queries[qid], ranked[qid], args.window, args.step, args.top)
               for qid in qids if qid not in done]
 
@@ -267,6 +206,14 @@ def main(args) -> int:
     engine = DecodeEngine(cfg, params, num_slots=args.slots, max_len=max_len, eos_ids=eos_token_ids(tokenizer),
                           temperature=defaults.temperature, top_p=defaults.top_p, top_k=defaults.top_k,
                           min_p=defaults.min_p, max_new_tokens=max_new_tokens)
+
+    # The job has really started: only now is anything written into --out.
+    out.record_config(args)
+    atomic_write(settings_path, json.dumps(settings, indent=2))
+    if os.path.exists(done_path):
+        with open(done_path, "r+b") as f:
+            f.truncate(done_bytes)  # drop a torn last line
+    _keep_finished_windows(windows_path, done)
     total_windows = sum(len(s.windows) for s in states)
     print(f"rerank: {len(qids)} queries ({len(done)} already done), {total_windows} windows to run, "
           f"{args.slots} slots, {args.scheduler} scheduler, devices {jax.devices()}", flush=True)
@@ -291,17 +238,15 @@ def main(args) -> int:
         schedule(engine, states, _FittingPrompter(prompter, max_len, max_new_tokens), on_window=on_window,
                  on_query_done=on_query_done)
 
-    with open(os.path.join(args.out, "run.trec"), "w", encoding="utf-8") as f:
-        for qid in qids:
-            f.write("\n".join(trec_lines(qid, done[qid]["ranking"])) + "\n")
+    atomic_write(out.file("run.trec"), "".join("\n".join(trec_lines(qid, done[qid]["ranking"])) + "\n"
+                                               for qid in qids))
     wall = time.perf_counter() - started
     records = [done[q] for q in qids]
     summary = {"queries": len(qids), "windows": sum(r["windows"] for r in records),
                "tokens_in": sum(r["tokens_in"] for r in records), "tokens_out": sum(r["tokens_out"] for r in records),
                "parse_failures": sum(r["parse_failures"] for r in records), "wall_time_s": round(wall, 3),
                "queries_per_s": round(len(states) / wall, 4), "scheduler": args.scheduler, "slots": args.slots}
-    with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    atomic_write(out.file("summary.json"), json.dumps(summary, indent=2))
     print(json.dumps(summary))
     if qrels is not None:
         first_stage = {qid: {e.docid: e.score for e in run[qid]} for qid in qids}

@@ -1,9 +1,26 @@
-"""Qwen2 / Qwen3 / Llama decoder in Flax linen, with Hugging Face safetensors import and export."""
+"""Qwen2 / Qwen3 / Llama decoder in Flax linen, with Hugging Face safetensors import and export.
 
-from reasonrank_jax.models.config import ModelConfig
-from reasonrank_jax.models.hf_io import checkpoint_summary, load_pretrained, save_pretrained
-from reasonrank_jax.models.transformer import (decode_params, forward, forward_cached, init_cache, init_params,
-                                               positions_from_mask)
+Names are imported on first use (PEP 562), so that importing a command module does not import jax.
+"""
 
-__all__ = ["ModelConfig", "load_pretrained", "save_pretrained", "checkpoint_summary", "forward", "forward_cached",
-           "decode_params", "init_cache", "init_params", "positions_from_mask"]
+import importlib
+
+_EXPORTS = {
+    "ModelConfig": "reasonrank_jax.models.config",
+    "load_pretrained": "reasonrank_jax.models.hf_io",
+    "save_pretrained": "reasonrank_jax.models.hf_io",
+    "checkpoint_summary": "reasonrank_jax.models.hf_io",
+    "forward": "reasonrank_jax.models.transformer",
+    "forward_cached": "reasonrank_jax.models.transformer",
+    "decode_params": "reasonrank_jax.models.transformer",
+    "init_cache": "reasonrank_jax.models.transformer",
+    "init_params": "reasonrank_jax.models.transformer",
+    "positions_from_mask": "reasonrank_jax.models.transformer",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

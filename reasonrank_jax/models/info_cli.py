@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 
+from reasonrank_jax.config import option
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", metavar="DIR", help="Hugging Face checkpoint directory (config.json + safetensors)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfoConfig:
+    model_dir: str | None = option(positional=True, required=True, metavar="DIR",
+                                   help="Hugging Face checkpoint directory (config.json + safetensors)")
+    json: bool = option(False, help="print one JSON object instead of text")
+
+
+CONFIG = ModelInfoConfig
 
 
 def main(args) -> int:

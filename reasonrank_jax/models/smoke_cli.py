@@ -6,25 +6,43 @@ extra) it also loads the export with transformers and compares logits.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import tempfile
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-type", choices=("qwen2", "qwen3", "llama"), default="qwen2")
-    parser.add_argument("--out", help="export directory (default: a temporary directory)")
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--max-shard-size", default="100KB", help="small on purpose: exercises sharded export")
-    parser.add_argument("--seed", type=int, default=0)
+from reasonrank_jax.config import ConfigCheckError, option
 
 
-def main(args) -> int:
+@dataclasses.dataclass(frozen=True)
+class SmokeConfig:
+    model_type: str = option("qwen2", choices=("qwen2", "qwen3", "llama"), help="architecture of the tiny model")
+    out: str | None = option(metavar="DIR", help="export directory: new, empty, or an earlier smoke export "
+                                                 "(default: a temporary directory)")
+    overwrite: bool = option(False, help="allow --out to be a directory holding other files (same-named files "
+                                         "are replaced)")
+    layers: int = option(2, min=1, help="decoder layers")
+    hidden: int = option(64, min=16, help="hidden size, a multiple of 16 (heads of 16 dims, at least 2)")
+    max_shard_size: str = option("100KB", help="small on purpose: exercises sharded export (e.g. 100KB, 5GB)")
+    seed: int = option(0, min=0)
+
+    def check(self) -> None:
+        if self.hidden % 16:
+            raise ConfigCheckError("hidden", f"must be a multiple of 16, got {self.hidden}")
+
+
+CONFIG = SmokeConfig
+
+
+def main(args: SmokeConfig) -> int:
     import jax
     import numpy as np
 
     from reasonrank_jax.models import ModelConfig, forward, init_params, load_pretrained, save_pretrained
+    from reasonrank_jax.models.hf_io import parse_size
+    from reasonrank_jax.outputs import OutputDir
+
+    out = OutputDir(args.out, "smoke", args.overwrite) if args.out else None
+    parse_size(args.max_shard_size)  # bad input fails here, before anything is written
 
     heads = max(2, args.hidden // 16)
     cfg = ModelConfig(model_type=args.model_type, vocab_size=256, hidden_size=args.hidden, num_layers=args.layers,
@@ -34,6 +52,8 @@ def main(args) -> int:
                       extra_json=json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
     params = init_params(cfg, jax.random.PRNGKey(args.seed))
     out_dir = args.out or tempfile.mkdtemp(prefix="reasonrank-smoke-")
+    if out is not None:
+        out.record_config(args)
     files = save_pretrained(cfg, params, out_dir, max_shard_size=args.max_shard_size)
     print(f"exported {cfg.model_type} ({cfg.num_params():,} parameters) to {out_dir}: {len(files)} weight file(s)")
 
