@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import types
 import typing
 from typing import Any
@@ -30,6 +31,7 @@ from reasonrank_jax.errors import InputError
 _MISSING = dataclasses.MISSING
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
+_NUMBERS = {int: ("an integer", (int,)), float: ("a finite number", (int, float))}
 
 
 def option(default: Any = None, *, help: str = "", choices: tuple | None = None, min: float | None = None,
@@ -109,28 +111,19 @@ def _convert_scalar(value: Any, tp: type, source: Source) -> Any:
         if isinstance(value, (str, int)) and str(value).strip().lower() in _TRUE | _FALSE:
             return str(value).strip().lower() in _TRUE
         raise source.error(f"expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or isinstance(value, float):
-            raise source.error(f"expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise source.error(f"expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise source.error(f"expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise source.error(f"expected a number, got {value!r}")
+    if tp in _NUMBERS:
+        what, accepted = _NUMBERS[tp]
+        if not isinstance(value, bool):  # bool is an int subclass, and never meant as a number here
+            if isinstance(value, accepted):
+                number = tp(value)
+            else:
+                try:
+                    number = tp(value.strip()) if isinstance(value, str) else None
+                except ValueError:
+                    number = None
+            if number is not None and math.isfinite(number):
+                return number
+        raise source.error(f"expected {what}, got {value!r}")
     if tp is str:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise source.error(f"expected a string, got {value!r}")

@@ -101,6 +101,8 @@ CASES = [
     # data build
     Case("build-empty-manual-dir", ("data", "build", "sft", "--manual-dir", "{empty_dir}", "--data-dir", "{new_out}"),
          ("{empty_dir}",)),
+    Case("build-truncated-raw", ("data", "build", "raw", "--manual-dir", "{truncated_raw_dir}", "--data-dir",
+                                 "{new_out}"), ("{truncated_raw_dir}",)),
     Case("build-unknown-kind", ("data", "build", "bogus", "--manual-dir", "{raw_dir}", "--data-dir", "{new_out}"),
          ("kind", "bogus")),
     Case("build-validation-fraction", ("data", "build", "raw", "--manual-dir", "{raw_dir}", "--data-dir",
@@ -130,6 +132,10 @@ def world(tmp_path_factory, tiny_reranker, qwen2_tokenizer_dir):
              "qrels": str(tiny_reranker / "qrels.txt"), "tokenizer": str(qwen2_tokenizer_dir)}
     raw_dir = write_raw_dir(str(root / "raw"), make_raw_rows(12), bad_lines=False)
     paths.update(raw_dir=raw_dir, raw=os.path.join(raw_dir, "training_data_all.jsonl"))
+    truncated_raw_dir = shutil.copytree(raw_dir, root / "truncated_raw")
+    rows = gzip.compress((truncated_raw_dir / "training_data_all.jsonl").read_bytes())
+    (truncated_raw_dir / "training_data_all.jsonl").write_bytes(rows[: len(rows) // 2])
+    paths["truncated_raw_dir"] = str(truncated_raw_dir)
 
     payload = gzip.compress(Path(paths["corpus"]).read_bytes())
     (root / "truncated.jsonl.gz").write_bytes(payload[: len(payload) // 2])

@@ -60,3 +60,15 @@ def test_bad_config_is_one_line_exit_2(tmp_path):
     config.write_text("a: [unclosed\n")
     result = _run("smoke", "--config", str(config))
     assert result.returncode == 2 and "not valid YAML" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_yaml_booleans_and_lists_keep_their_meaning(tmp_path, capsys):
+    run, qrels, config = tmp_path / "run.trec", tmp_path / "qrels", tmp_path / "eval.yaml"
+    run.write_text("q1 Q0 d1 1 2.0 x\nq1 Q0 d2 2 1.0 x\n")
+    qrels.write_text("q1 0 d2 1\n")
+    config.write_text(f'runs: [{run}]\nqrels: {qrels}\nper-query: "no"\nmetrics: "ndcg_cut.10 map"\njson: yes\n')
+    assert main(["eval", "--config", str(config)]) == 0
+    import json
+
+    values = json.loads(capsys.readouterr().out)
+    assert values == {"ndcg_cut.10": pytest.approx(1 / 1.5849625007211563), "map": 0.5, "num_queries": 1}

@@ -7,7 +7,7 @@ tensorflow_datasets, which never imports TensorFlow for array_record data source
 Names are imported on first use (PEP 562), so that importing a command module stays light.
 """
 
-import importlib
+from reasonrank_jax.lazy import lazy_getattr
 
 _EXPORTS = {
     "filter_raw": "reasonrank_jax.data.convert",
@@ -35,8 +35,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -3,7 +3,7 @@
 Names are imported on first use (PEP 562), so that importing a command module does not import jax.
 """
 
-import importlib
+from reasonrank_jax.lazy import lazy_getattr
 
 _EXPORTS = {
     "generate": "reasonrank_jax.inference.decode",
@@ -12,8 +12,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
