@@ -1,0 +1,48 @@
+"""Log-probabilities of the next tokens, computed from hidden states chunk by chunk.
+
+A [batch, seq, vocab] logits tensor does not fit at ReasonRank's lengths (23,552 tokens x 152k vocabulary is 14 GB
+in float32 per sequence), so the head is applied to `chunk` positions at a time under `jax.checkpoint`: the
+backward pass recomputes each chunk's logits instead of keeping them. The values equal those of `forward`'s logits
+(the same head, dtype and float32 cast).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from reasonrank_jax.models.config import ModelConfig
+from reasonrank_jax.models.transformer import forward
+
+
+def head_kernel(cfg: ModelConfig, params):
+    """[hidden, vocab]: the output projection (the embedding, transposed, when tied)."""
+    if cfg.tie_word_embeddings:
+        return params["embed"]["embedding"].T
+    return params["lm_head"]["kernel"]
+
+
+def _chunk_logprobs(x_bcd, kernel_dv, targets_bc, dtype):
+    logits_bcv = jnp.dot(x_bcd.astype(dtype), kernel_dv.astype(dtype)).astype(jnp.float32)
+    logz_bc = jax.nn.logsumexp(logits_bcv, axis=-1)
+    picked_bc = jnp.take_along_axis(logits_bcv, targets_bc[..., None], axis=-1)[..., 0]
+    return picked_bc - logz_bc
+
+
+def next_token_logprobs(cfg: ModelConfig, params, input_ids_bt, attention_mask_bt, chunk: int = 1024):
+    """[batch, seq]: position t holds log p(input_ids[t] | input_ids[:t]); position 0 holds 0."""
+    hidden_btd = forward(cfg, params, input_ids_bt, attention_mask_bt, return_hidden=True)
+    b, t, d = hidden_btd.shape
+    x_btd, targets_bt = hidden_btd[:, :-1], input_ids_bt[:, 1:]
+    chunk = min(chunk, t - 1) if t > 1 else 1
+    pad = -(t - 1) % chunk
+    x_btd = jnp.pad(x_btd, ((0, 0), (0, pad), (0, 0)))
+    targets_bt = jnp.pad(targets_bt, ((0, 0), (0, pad)))
+    n = (t - 1 + pad) // chunk
+    xs_nbcd = x_btd.reshape(b, n, chunk, d).transpose(1, 0, 2, 3)
+    targets_nbc = targets_bt.reshape(b, n, chunk).transpose(1, 0, 2)
+    kernel_dv = head_kernel(cfg, params)
+    one = jax.checkpoint(lambda x, y: _chunk_logprobs(x, kernel_dv, y, jnp.dtype(cfg.dtype)))
+    logprobs_nbc = jax.lax.map(lambda xy: one(*xy), (xs_nbcd, targets_nbc))
+    logprobs_bt = logprobs_nbc.transpose(1, 0, 2).reshape(b, n * chunk)[:, : t - 1]
+    return jnp.pad(logprobs_bt, ((0, 0), (1, 0)))
