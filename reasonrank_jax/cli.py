@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("reasonrank_jax.eval.cli", "evaluate TREC runs against qrels or BRIGHT examples"),
     "rerank": ("reasonrank_jax.inference.cli", "sliding-window rerank of a first-stage run"),
     "data": ("reasonrank_jax.data.cli", "build, filter, inspect and synthesize training data"),
+    "train": ("reasonrank_jax.training.cli", "train a reranker: SFT (full or LoRA) on the device mesh, resumable"),
 }
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*=")
@@ -53,7 +54,7 @@ def _describe(field, tp) -> str:
         parts.append("one of: " + ", ".join(map(str, meta["choices"])))
     if meta.get("required"):
         parts.append("required")
-    elif field.default not in (None, (), False):
+    elif not (field.default is None or field.default is False or field.default == ()):
         default = " ".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
         parts.append(f"default: {default}")
     bounds = [f">= {meta['min']:g}" if meta.get("min") is not None else "",
@@ -61,6 +62,17 @@ def _describe(field, tp) -> str:
     if any(bounds) and base is not bool:
         parts.append(" and ".join(b for b in bounds if b))
     return "; ".join(p for p in parts if p).replace("%", "%%")
+
+
+def _section_help(cls: type, prefix: str = "") -> list[str]:
+    """Lines describing the keys of a config's sections (settable only from YAML and KEY=VALUE)."""
+    lines = []
+    for name, (field, tp) in fields_of(cls).items():
+        if is_config(tp):
+            lines += _section_help(tp, f"{prefix}{name}.")
+        elif prefix:
+            lines.append(f"  {prefix + name:28s}{_describe(field, tp).replace('%%', '%')}")
+    return lines
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -86,6 +98,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                         help="settings for this command from a YAML file; the command line overrides them")
     parser.add_argument("--print-config", action="store_true", default=argparse.SUPPRESS,
                         help="print the resolved config as YAML and exit")
+    sections = _section_help(cls)
+    if sections:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = "settings (section.key=VALUE, or nested mappings in --config):\n" + "\n".join(sections) \
+            + "\n\n" + EPILOG
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, ...], tuple[type, object]]]:

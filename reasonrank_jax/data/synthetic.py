@@ -1,0 +1,731 @@
+"""A synthetic reranking task that a tiny decoder learns in minutes (learning tests, GRPO, the demo).
+
+It has the real task's shape: queries, a corpus, graded qrels, a noisy first-stage run, sliding windows over it,
+the exact ``rank_GPT_reasoning`` prompt of :mod:`reasonrank_jax.text.prompts`, and responses
+``<think>…</think> <answer>[i] > [j] > …</answer>`` (SPEC §1, §2, §6) — but with a vocabulary of a few dozen words,
+passages of a few words and windows of 8, so prompts are about 250 tokens of this task's own word-level tokenizer.
+
+The task, everything a pure function of the :class:`SyntheticTask` parameters (seed included):
+
+* A **query** is 2-3 distinct topic words (``"apple river"``). A **passage** is 3-6 words: topic words, filler
+  words, and negations ``no X``. A query word in a passage is a *mention*; ``no river`` is a *negated mention*.
+* **True relevance** (the qrels, graded) = the number of query words a passage mentions without negation.
+  Each query's candidates hold ``num_relevant`` relevant passages (grade >= 1), ``num_decoys`` decoys (only negated
+  mentions: grade 0, but lexically they match) and unrelated ones; ``no Y`` of non-query words also occurs, so
+  ``no`` alone says nothing.
+* The **first stage** scores a passage by its lexical matches (mentions, negated or not) plus Gaussian noise
+  (``first_stage_noise``): informative, fooled by negation, relevant passages spread over the top-k.
+* The **teacher** (the SFT targets, like R1's rankings) reads each window of the sliding-window pass over the first
+  stage, writes a templated transcript of the query words each passage mentions (``[1] apple. [2] none.
+  [3] no river, apple.``) and ranks by the number of mentions, ties in window order. It is negation-blind (with
+  probability ``teacher_negation_blind`` per window): a ``no river`` counts as a match. With probability
+  ``teacher_swap_prob`` it also swaps an adjacent pair of its ranking. So the teacher beats the first stage (it
+  removes the noise) but stays well below the oracle (decoys ranked with the relevant passages), and its error is
+  systematic: SFT imitates it, while a reward on the true relevance (GRPO, ``relevant_docids`` = true positives)
+  can learn to demote what the transcript itself marks with ``no``.
+
+Records: :func:`sft_records` (Alpaca, SPEC §6) and :func:`rl_records` (the RL parquet's rows) hold the windows the
+teacher saw in its sliding-window pass (the inputs an imitating reranker meets at inference), split by query into
+``train`` and ``heldout``. :func:`write_files` writes everything the CLI reads; :func:`build_tokenizer` saves a
+word-level Hugging Face tokenizer (ChatML template as Qwen2.5's, ``<|im_end|>`` as eos) of under 500 tokens that
+round-trips every text of the task exactly. :func:`reference_ndcg` gives nDCG@10 of the first stage, the teacher
+and the oracle (reasonrank_jax.eval). No jax here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import re
+import shutil
+import string
+import tempfile
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+DATASET = "synthetic"
+SPLITS = ("train", "heldout")
+
+TOPIC_WORDS = (
+    "apple", "river", "stone", "cloud", "forest", "garden", "engine", "bridge", "candle", "desert",
+    "island", "castle", "market", "violin", "planet", "rocket", "tiger", "whale", "copper", "silver",
+    "harbor", "meadow", "glacier", "lantern", "pepper", "orchid", "falcon", "canyon", "ribbon", "mirror",
+    "anchor", "velvet", "cotton", "marble", "pillow", "tunnel", "basket", "saddle", "spider", "turtle",
+)
+FILLER_WORDS = ("the", "a", "of", "and", "with", "on", "in", "near", "old", "big", "small", "red")
+NEGATION = "no"
+NO_MENTION = "none"
+
+# The tokenizer's pre-tokenizer: think/answer tags, bracketed ids, words and single characters, each with an
+# optional leading space (kept inside the token, so decoding is plain concatenation), and runs of whitespace.
+PRETOKENIZE_PATTERN = r" ?</?(?:think|answer)>| ?\[\d+\]| ?[A-Za-z]+| ?\d| ?[^\sA-Za-z\d]|\s+"
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+UNK_TOKEN = "<unk>"
+MAX_ID_TOKEN = 20  # [0]..[20] are single tokens (at least `window`)
+
+_THINK_ANSWER = re.compile(r"<think>.*?</think>\s*<answer>(.*?)</answer>", re.DOTALL)
+_NON_DIGIT = re.compile(r"\D")
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticTask:
+    """Every knob of the task; the same task (seed included) always generates the same data.
+
+    Ranges are inclusive ``(low, high)``. Probabilities are per passage (generation) or per window (teacher).
+    """
+
+    seed: int = 0
+    num_queries: int = 500
+    heldout_fraction: float = 0.2       # share of queries held out (split by query, disjoint)
+    passages_per_query: int = 20        # first-stage candidates per query (all of them judged in the qrels)
+    window: int = 8                     # sliding window (SPEC §2 rule), back to front
+    step: int = 4
+    num_topic_words: int = 40           # topic words used (a prefix of TOPIC_WORDS, 4..40)
+    query_words: tuple[int, int] = (2, 3)
+    passage_words: tuple[int, int] = (3, 6)
+    num_relevant: tuple[int, int] = (2, 5)   # passages with >= 1 un-negated query word, per query
+    num_decoys: tuple[int, int] = (2, 5)     # passages with only negated query words, per query
+    p_more_words: float = 0.35          # chance a relevant passage mentions one more query word (repeated)
+    p_negated_extra: float = 0.2        # chance a relevant passage also negates an unmentioned query word
+    p_negated_other: float = 0.3        # chance a passage holds `no Y` for a non-query word
+    first_stage_noise: float = 1.0      # std of the Gaussian noise added to the lexical match count
+    teacher_negation_blind: float = 1.0  # chance per window that the teacher counts `no X` as a match
+    teacher_swap_prob: float = 0.1      # chance per window that the teacher swaps an adjacent pair of its ranking
+
+    def __post_init__(self):
+        def check(ok: bool, what: str):
+            if not ok:
+                raise ValueError(f"SyntheticTask: {what}")
+
+        check(self.num_queries >= 2, "num_queries must be >= 2")
+        check(0.0 < self.heldout_fraction < 1.0, "heldout_fraction must be in (0, 1)")
+        check(1 <= self.window <= MAX_ID_TOKEN, f"window must be in 1..{MAX_ID_TOKEN}")
+        check(1 <= self.step <= self.window, "step must be in 1..window")
+        check(4 <= self.num_topic_words <= len(TOPIC_WORDS), f"num_topic_words must be in 4..{len(TOPIC_WORDS)}")
+        for name in ("query_words", "passage_words", "num_relevant", "num_decoys"):
+            low, high = getattr(self, name)
+            check(0 <= low <= high, f"{name} must be (low, high) with 0 <= low <= high")
+        check(self.query_words[0] >= 1 and self.query_words[1] <= self.num_topic_words - 2,
+              "query_words must be in 1..num_topic_words-2")
+        check(self.passage_words[0] >= 1, "passage_words must be >= 1")
+        check(self.num_relevant[1] + self.num_decoys[1] <= self.passages_per_query,
+              "num_relevant + num_decoys may not exceed passages_per_query")
+        check(self.num_relevant[0] >= 1, "every query needs a relevant passage (num_relevant low >= 1)")
+        for name in ("p_more_words", "p_negated_extra", "p_negated_other", "teacher_negation_blind",
+                     "teacher_swap_prob"):
+            check(0.0 <= getattr(self, name) <= 1.0, f"{name} must be in [0, 1]")
+        check(self.first_stage_noise >= 0.0, "first_stage_noise must be >= 0")
+
+    @property
+    def topic_words(self) -> tuple[str, ...]:
+        return TOPIC_WORDS[:self.num_topic_words]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---- generation ----
+
+@dataclasses.dataclass(frozen=True)
+class Passage:
+    docid: str
+    units: tuple[str, ...]        # words and "no X" negations, in order
+    query_mentions: tuple[str, ...]  # the query words it mentions, in order: "apple" or "no river"
+    grade: int                    # true relevance: un-negated query words
+    lexical: int                  # what a lexical matcher sees: query words, negated or not
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.units)
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherWindow:
+    start: int
+    end: int
+    initial_list: tuple[str, ...]  # the window's docids in the order the teacher saw them
+    final_list: tuple[str, ...]    # the teacher's ranking of them
+    reasoning: str                 # the think text
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticQuery:
+    qid: str
+    words: tuple[str, ...]
+    passages: dict[str, Passage]
+    first_stage: tuple[str, ...]         # candidate docids, best first
+    first_stage_scores: tuple[float, ...]  # strictly descending
+    teacher_windows: tuple[TeacherWindow, ...]
+    teacher_final: tuple[str, ...]       # the candidates after the teacher's sliding-window pass
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words)
+
+    @property
+    def grades(self) -> dict[str, int]:
+        return {d: p.grade for d, p in self.passages.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticData:
+    task: SyntheticTask
+    queries: tuple[SyntheticQuery, ...]
+    splits: dict[str, tuple[str, ...]]  # split -> qids (sorted)
+
+    def query(self, qid: str) -> SyntheticQuery:
+        return self._by_qid[qid]
+
+    @functools.cached_property
+    def _by_qid(self) -> dict[str, SyntheticQuery]:
+        return {q.qid: q for q in self.queries}
+
+    def split_queries(self, split: str) -> list[SyntheticQuery]:
+        return [self.query(qid) for qid in split_qids(self, split)]
+
+
+def split_qids(data: SyntheticData, split: str) -> tuple[str, ...]:
+    if split == "all":
+        return tuple(q.qid for q in data.queries)
+    if split not in data.splits:
+        raise ValueError(f"unknown split {split!r} (known: {', '.join(SPLITS)}, all)")
+    return data.splits[split]
+
+
+def _pick(rng: np.random.Generator, pool: Sequence[str], k: int) -> list[str]:
+    return [pool[i] for i in rng.choice(len(pool), size=k, replace=False)] if k else []
+
+
+def _some(rng: np.random.Generator, pool: list[str], p_more: float) -> list[str]:
+    """One word of pool, then one more with probability p_more, repeated while any are left."""
+    k = 1
+    while k < len(pool) and rng.random() < p_more:
+        k += 1
+    return _pick(rng, pool, k)
+
+
+def _make_passage(task: SyntheticTask, rng: np.random.Generator, docid: str, query: tuple[str, ...],
+                  kind: str) -> Passage:
+    others = [w for w in task.topic_words if w not in query]
+    positive, negated = [], []
+    if kind == "relevant":
+        positive = _some(rng, list(query), task.p_more_words)
+        rest = [w for w in query if w not in positive]
+        if rest and rng.random() < task.p_negated_extra:
+            negated = _pick(rng, rest, 1)
+    elif kind == "decoy":
+        negated = _some(rng, list(query), task.p_more_words)
+    units = [*positive, *(f"{NEGATION} {w}" for w in negated)]
+    used = set(positive) | set(negated)
+    if rng.random() < task.p_negated_other:
+        word = _pick(rng, [w for w in others if w not in used], 1)[0]
+        units.append(f"{NEGATION} {word}")
+        used.add(word)
+    length = int(rng.integers(task.passage_words[0], task.passage_words[1] + 1))
+    count = sum(len(u.split()) for u in units)
+    while count < length:
+        pool = others if rng.random() < 0.6 else list(FILLER_WORDS)
+        word = pool[int(rng.integers(len(pool)))]
+        if word in used:
+            continue
+        units.append(word)
+        used.add(word)
+        count += 1
+    units = [units[i] for i in rng.permutation(len(units))]
+    mentions = tuple(u for u in units if u.split()[-1] in query)
+    grade = sum(1 for u in units if u in query)
+    return Passage(docid, tuple(units), mentions, grade, len(mentions))
+
+
+def _teacher_window(task: SyntheticTask, rng: np.random.Generator, passages: dict[str, Passage],
+                    docids: list[str]) -> tuple[list[int], str]:
+    """(0-based ranking of the window, think text)."""
+    blind = rng.random() < task.teacher_negation_blind
+    counts = [passages[d].lexical if blind else passages[d].grade for d in docids]
+    order = sorted(range(len(docids)), key=lambda i: (-counts[i], i))
+    matched = sum(1 for c in counts if c > 0)
+    if rng.random() < task.teacher_swap_prob and len(docids) > 1:
+        i = int(rng.integers(max(1, min(matched, len(docids) - 1))))
+        order[i], order[i + 1] = order[i + 1], order[i]
+    reasoning = " ".join(f"[{i}] {', '.join(passages[d].query_mentions) or NO_MENTION}."
+                         for i, d in enumerate(docids, start=1))
+    return order, reasoning
+
+
+def _windows(num: int, window: int, step: int) -> list[tuple[int, int]]:
+    from reasonrank_jax.inference.windows import sliding_windows
+
+    return sliding_windows(0, num, min(window, num), step) if num else []
+
+
+def _make_query(task: SyntheticTask, index: int) -> SyntheticQuery:
+    rng = np.random.default_rng([task.seed, index])
+    qid = f"q{index:05d}"
+    query = tuple(_pick(rng, task.topic_words, int(rng.integers(task.query_words[0], task.query_words[1] + 1))))
+    n = task.passages_per_query
+    n_rel = int(rng.integers(task.num_relevant[0], task.num_relevant[1] + 1))
+    n_decoy = int(rng.integers(task.num_decoys[0], task.num_decoys[1] + 1))
+    kinds = ["relevant"] * n_rel + ["decoy"] * n_decoy + ["other"] * (n - n_rel - n_decoy)
+    kinds = [kinds[i] for i in rng.permutation(n)]
+    passages = {}
+    for j, kind in enumerate(kinds):
+        docid = f"{qid}_d{j:02d}"
+        passages[docid] = _make_passage(task, rng, docid, query, kind)
+    docids = list(passages)
+    scores = np.array([passages[d].lexical for d in docids], float) + task.first_stage_noise * rng.standard_normal(n)
+    scores = np.round(scores, 4)
+    order = sorted(range(n), key=lambda i: (-scores[i], i))
+    first_stage = [docids[i] for i in order]
+    fs_scores, last = [], None
+    for i in order:  # strictly descending after rounding, so the written run keeps this order
+        s = float(scores[i]) if last is None else min(float(scores[i]), round(last - 1e-4, 4))
+        fs_scores.append(s)
+        last = s
+    teacher_rng = np.random.default_rng([task.seed, index, 1])
+    current = list(first_stage)
+    windows = []
+    for start, end in _windows(n, task.window, task.step):
+        ids = current[start:end]
+        perm, reasoning = _teacher_window(task, teacher_rng, passages, ids)
+        ranked = [ids[i] for i in perm]
+        windows.append(TeacherWindow(start, end, tuple(ids), tuple(ranked), reasoning))
+        current[start:end] = ranked
+    return SyntheticQuery(qid, query, passages, tuple(first_stage), tuple(fs_scores), tuple(windows),
+                          tuple(current))
+
+
+@functools.lru_cache(maxsize=8)
+def generate(task: SyntheticTask) -> SyntheticData:
+    """All of the task's data (cached per task). Query i depends only on (seed, i): more queries extend the set."""
+    queries = tuple(_make_query(task, i) for i in range(task.num_queries))
+    num_heldout = min(task.num_queries - 1, max(1, int(round(task.heldout_fraction * task.num_queries))))
+    perm = np.random.default_rng([task.seed, 2**31 - 1]).permutation(task.num_queries)
+    heldout = {queries[i].qid for i in perm[:num_heldout]}
+    splits = {"train": tuple(q.qid for q in queries if q.qid not in heldout),
+              "heldout": tuple(q.qid for q in queries if q.qid in heldout)}
+    return SyntheticData(task, queries, splits)
+
+
+def make_corpus(task: SyntheticTask) -> tuple[dict[str, str], dict[str, dict[str, str]],
+                                              dict[str, dict[str, int]], dict[str, list[str]]]:
+    """(queries {qid: text}, corpus {docid: {"title", "text"}}, qrels {qid: {docid: grade}} with every candidate
+    judged (0 = not relevant), first-stage run {qid: [docid, ...] best first}), over all queries."""
+    data = generate(task)
+    queries = {q.qid: q.text for q in data.queries}
+    corpus = {d: {"title": "", "text": p.text} for q in data.queries for d, p in q.passages.items()}
+    qrels = {q.qid: q.grades for q in data.queries}
+    run = {q.qid: list(q.first_stage) for q in data.queries}
+    return queries, corpus, qrels, run
+
+
+# ---- prompts and records ----
+
+class _IdentityTokenizer:
+    """Stands in for the task's tokenizer inside the prompt builder: that tokenizer round-trips every text of the task
+    exactly and passages are far below any max_passage_length, so its `tokenize` -> `convert_tokens_to_string` is the
+    identity there (tests check the prompts against the real tokenizer's)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return [text]
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return "".join(tokens)
+
+
+def _messages(tokenizer, query: SyntheticQuery, docids: Sequence[str], mode: str) -> list[dict]:
+    from reasonrank_jax.text.prompts import build_messages
+
+    passages = [{"docid": d, "text": query.passages[d].text} for d in docids]
+    return build_messages(tokenizer or _IdentityTokenizer(), query.text, passages, mode=mode)
+
+
+def _label(window: TeacherWindow) -> str:
+    from reasonrank_jax.data.convert import ranking_label
+
+    return ranking_label(list(window.initial_list), list(window.final_list))
+
+
+def _relevant(query: SyntheticQuery, docids: Iterable[str]) -> list[str]:
+    """The window's truly relevant docids, by grade then window order."""
+    docids = list(docids)
+    return sorted((d for d in docids if query.passages[d].grade > 0),
+                  key=lambda d: (-query.passages[d].grade, docids.index(d)))
+
+
+def sft_records(task: SyntheticTask, split: str = "train", tokenizer=None,
+                mode: str = "rank_GPT_reasoning") -> list[dict]:
+    """Alpaca records (SPEC §6), one per window of the teacher's sliding-window pass over each query of ``split``
+    (``train``, ``heldout`` or ``all``): system, instruction (the exact user prompt of
+    :func:`reasonrank_jax.text.prompts.build_messages`), output ``<think>{reasoning}</think> <answer>{ranking}</answer>``,
+    dataset, qid; plus window (start, end), initial_list, final_list and grades (true relevance of initial_list) for
+    scoring a generated answer. ``tokenizer`` defaults to an exact stand-in for the task's own tokenizer."""
+    from reasonrank_jax.data.convert import sft_response
+
+    data = generate(task)
+    records = []
+    for query in data.split_queries(split):
+        for w in query.teacher_windows:
+            messages = _messages(tokenizer, query, w.initial_list, mode)
+            records.append({
+                "system": messages[0]["content"], "instruction": messages[1]["content"],
+                "output": sft_response(w.reasoning, _label(w)), "dataset": DATASET, "qid": query.qid,
+                "window": [w.start, w.end], "initial_list": list(w.initial_list), "final_list": list(w.final_list),
+                "grades": [query.passages[d].grade for d in w.initial_list]})
+    return records
+
+
+def rl_records(task: SyntheticTask, split: str = "train", tokenizer=None, mode: str = "rank_GPT_reasoning",
+               require_relevant: bool = True) -> list[dict]:
+    """RL rows (the RL parquet's columns, SPEC §6): prompt (chat messages), label (the teacher's ranking,
+    ``[3] > [1] > …``), initial_list, final_list (teacher), relevant_docids (the TRUE positives of the window: the
+    reward scores against them), dataset, qid; plus window and grades. Windows without a relevant passage (every
+    rollout would score alike) are left out unless ``require_relevant`` is False."""
+    data = generate(task)
+    rows = []
+    for query in data.split_queries(split):
+        for w in query.teacher_windows:
+            relevant = _relevant(query, w.initial_list)
+            if require_relevant and not relevant:
+                continue
+            rows.append({
+                "prompt": _messages(tokenizer, query, w.initial_list, mode), "label": _label(w),
+                "initial_list": list(w.initial_list), "final_list": list(w.final_list),
+                "relevant_docids": relevant, "dataset": DATASET, "qid": query.qid,
+                "window": [w.start, w.end], "grades": [query.passages[d].grade for d in w.initial_list]})
+    return rows
+
+
+def raw_rows(task: SyntheticTask, split: str = "train") -> list[dict]:
+    """Rows of the raw layout (``training_data_all.jsonl``: dataset, qid, initial_list, final_list, reasoning,
+    relevant_docids) for ``data build raw`` / ``data filter``; relevant_docids are the true positives."""
+    data = generate(task)
+    return [{"dataset": DATASET, "qid": q.qid, "initial_list": list(w.initial_list),
+             "final_list": list(w.final_list), "reasoning": w.reasoning,
+             "relevant_docids": _relevant(q, w.initial_list)}
+            for q in data.split_queries(split) for w in q.teacher_windows]
+
+
+# ---- answers and scores ----
+
+def answer_is_valid_permutation(text: str, num: int) -> bool:
+    """True when ``text`` has ``<think>…</think>`` then ``<answer>…</answer>`` (SPEC §4: DOTALL, case-sensitive)
+    and the answer's numbers are 1..num, each exactly once."""
+    match = _THINK_ANSWER.search(text)
+    if not match:
+        return False
+    ids = [int(t) for t in _NON_DIGIT.sub(" ", match.group(1)).split()]
+    return len(ids) == num and sorted(ids) == list(range(1, num + 1))
+
+
+def _ndcg10(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> float:
+    from reasonrank_jax.eval.metrics import aggregate, evaluate
+
+    return aggregate(evaluate(run, qrels, ["ndcg_cut.10"]), ["ndcg_cut.10"])["ndcg_cut_10"]
+
+
+def _as_run(ranked: Sequence[str]) -> dict[str, float]:
+    return {d: float(len(ranked) - r) for r, d in enumerate(ranked)}
+
+
+def window_ndcg(text_or_perm, initial_list: Sequence[str], grades: Sequence[int]) -> float:
+    """nDCG@10 (graded, trec_eval semantics) of one window's ranking against the true relevance: ``text_or_perm`` is
+    a model output (parsed as at inference, SPEC §2) or a 0-based permutation. 0 when the window has no relevant
+    passage."""
+    from reasonrank_jax.text.parsing import parse_permutation
+
+    perm = parse_permutation(text_or_perm, len(initial_list)) if isinstance(text_or_perm, str) else text_or_perm
+    qrels = {"w": {d: int(g) for d, g in zip(initial_list, grades)}}
+    if not any(g > 0 for g in grades):
+        return 0.0
+    return _ndcg10({"w": _as_run([initial_list[i] for i in perm])}, qrels)
+
+
+WindowRanker = Callable[[str, str, list[str]], list[int]]  # (qid, query text, window docids) -> 0-based permutation
+
+
+def simulate_rerank(task: SyntheticTask, split: str, rank_window: WindowRanker) -> dict[str, dict[str, float]]:
+    """The sliding-window rerank (SPEC §2 windows, ``task.window``/``task.step``) of the first stage with any window
+    ranker; returns a run {qid: {docid: score}} (scores n - rank) for reasonrank_jax.eval."""
+    data = generate(task)
+    run = {}
+    for q in data.split_queries(split):
+        order = list(q.first_stage)
+        for start, end in _windows(len(order), task.window, task.step):
+            ids = order[start:end]
+            perm = list(rank_window(q.qid, q.text, list(ids)))
+            order[start:end] = [ids[i] for i in perm]
+        run[q.qid] = _as_run(order)
+    return run
+
+
+def reference_ndcg(task: SyntheticTask, split: str = "heldout") -> dict[str, float]:
+    """Mean nDCG@10 (reasonrank_jax.eval, graded qrels) over the queries of ``split``:
+
+    * ``first_stage``: the first-stage run;
+    * ``teacher``: the teacher's sliding-window pass (the rankings SFT imitates);
+    * ``oracle_windows``: the same pass with a perfect window ranker (true grade; the best a window reranker does);
+    * ``oracle``: the ideal ranking of all candidates (1.0: every relevant passage is a candidate);
+    * ``teacher_window``, ``first_stage_window``, ``oracle_window``: per-window nDCG@10 of the teacher's label, of
+      the window's input order and of the perfect order, averaged over the teacher's windows that hold a relevant
+      passage (what the GRPO reward's nDCG view sees).
+    """
+    data = generate(task)
+    queries = data.split_queries(split)
+    _, _, qrels, _ = make_corpus(task)
+    qrels = {q.qid: qrels[q.qid] for q in queries}
+    out = {
+        "first_stage": _ndcg10({q.qid: _as_run(q.first_stage) for q in queries}, qrels),
+        "teacher": _ndcg10({q.qid: _as_run(q.teacher_final) for q in queries}, qrels),
+        "oracle_windows": _ndcg10(simulate_rerank(task, split, _oracle_ranker(data)), qrels),
+        "oracle": _ndcg10({q.qid: _as_run(sorted(q.first_stage, key=lambda d: -q.passages[d].grade))
+                           for q in queries}, qrels),
+    }
+    per_window = {"teacher_window": [], "first_stage_window": [], "oracle_window": []}
+    for q in queries:
+        for w in q.teacher_windows:
+            grades = [q.passages[d].grade for d in w.initial_list]
+            if not any(grades):
+                continue
+            n = len(grades)
+            pos = {d: i for i, d in enumerate(w.initial_list)}
+            per_window["teacher_window"].append(window_ndcg([pos[d] for d in w.final_list], w.initial_list, grades))
+            per_window["first_stage_window"].append(window_ndcg(list(range(n)), w.initial_list, grades))
+            per_window["oracle_window"].append(window_ndcg(sorted(range(n), key=lambda i: (-grades[i], i)),
+                                                           w.initial_list, grades))
+    out.update({k: float(np.mean(v)) if v else float("nan") for k, v in per_window.items()})
+    out["num_queries"] = len(queries)
+    return out
+
+
+def _oracle_ranker(data: SyntheticData) -> WindowRanker:
+    def rank(qid: str, _query: str, docids: list[str]) -> list[int]:
+        passages = data.query(qid).passages
+        return sorted(range(len(docids)), key=lambda i: (-passages[docids[i]].grade, i))
+    return rank
+
+
+# ---- tokenizer ----
+
+def _pieces(text: str) -> list[str]:
+    pieces = []
+    for part in re.split("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")", text):
+        if part in SPECIAL_TOKENS:
+            pieces.append(part)
+        elif part:
+            pieces.extend(re.findall(PRETOKENIZE_PATTERN, part))
+    return pieces
+
+
+def _chatml(messages: list[dict], response: str | None = None) -> str:
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return text + "<|im_start|>assistant\n" + (f"{response}<|im_end|>\n" if response is not None else "")
+
+
+def _base_texts(task: SyntheticTask | None) -> list[str]:
+    """Every fixed text of the protocol (all prompt modes, window sizes up to MAX_ID_TOKEN) and the task's words."""
+    from reasonrank_jax.text.prompts import MODES, build_messages
+
+    words = list(TOPIC_WORDS) + list(FILLER_WORDS) + [NEGATION, NO_MENTION, "Title", "Content"]
+    texts = [" ".join(words), "\n".join(words), "\t".join(words)]
+    example = [{"text": "apple river"}, {"title": "stone", "text": "no cloud"}]
+    for mode in MODES:
+        for num in range(1, MAX_ID_TOKEN + 1):
+            passages = (example * MAX_ID_TOKEN)[:num]
+            texts.append(_chatml(build_messages(_IdentityTokenizer(), "apple river", passages, mode=mode),
+                                 "<think>[1] apple. [2] no river, none.</think> <answer>[1] > [2]</answer>"))
+    ids = " ".join(f"[{i}]" for i in range(MAX_ID_TOKEN + 1))
+    chars = string.digits + string.punctuation
+    texts += [ids, "\n".join(f"[{i}]" for i in range(MAX_ID_TOKEN + 1)), " ".join(chars), "\n".join(chars),
+              "<think> </think> <answer> </answer>\n<think>\n</think>\n<answer>\n</answer>", " ", "  ", "\n\n", "\n"]
+    if task is not None:
+        texts += [" ".join(task.topic_words)]
+    return texts
+
+
+def tokenizer_vocab(texts: Iterable[str] = ()) -> dict[str, int]:
+    """The word-level vocabulary: special tokens, then every piece of the protocol's fixed texts, the task's words
+    and ``texts``, in a fixed order."""
+    pieces: set[str] = set()
+    for text in [*_base_texts(None), *texts]:
+        pieces.update(_pieces(text))
+    pieces -= set(SPECIAL_TOKENS)
+    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, UNK_TOKEN])}
+    for piece in sorted(pieces):
+        vocab[piece] = len(vocab)
+    return vocab
+
+
+def build_tokenizer(task_or_texts: SyntheticTask | Iterable[str] | None, out_dir: str | os.PathLike) -> str:
+    """Save a word-level fast tokenizer for the task in ``out_dir`` (replaced atomically); return the directory.
+
+    ``transformers.AutoTokenizer.from_pretrained(out_dir)`` loads it offline. Pieces (``PRETOKENIZE_PATTERN``) keep
+    their leading space and the decoder concatenates them, so decode(encode(x)) == x for every text made of known
+    pieces (all of the task's prompts and responses). ``<|endoftext|>`` (id 0, pad), ``<|im_start|>`` (1) and
+    ``<|im_end|>`` (2, eos) are special tokens, ``<unk>`` (3) stands for an unknown piece; the chat template is
+    Qwen2.5's. ``task_or_texts``: a task (its texts are added), extra texts, or None (the protocol and word lists
+    alone cover every task).
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    from reasonrank_jax.text.tokenizer import QWEN25_CHAT_TEMPLATE
+
+    if isinstance(task_or_texts, SyntheticTask):
+        texts = _base_texts(task_or_texts)
+    else:
+        texts = list(task_or_texts or ())
+    vocab = tokenizer_vocab(texts)
+    backend = Tokenizer(WordLevel(vocab, unk_token=UNK_TOKEN))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated", invert=False)
+    backend.decoder = decoders.Fuse()
+    backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in SPECIAL_TOKENS])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=UNK_TOKEN,
+        additional_special_tokens=["<|im_start|>"], chat_template=QWEN25_CHAT_TEMPLATE, model_max_length=4096,
+        clean_up_tokenization_spaces=False)
+    out = os.fspath(out_dir)
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tokenizer-", dir=parent)
+    try:
+        tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
+        for name in os.listdir(tmp):
+            os.chmod(os.path.join(tmp, name), 0o666 & ~_umask())
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _replace_dir(src: str, dst: str) -> None:
+    """Move directory src to dst, replacing dst (an old dst is moved aside first, then removed)."""
+    if os.path.isdir(dst):
+        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(os.path.abspath(dst)))
+        os.rmdir(old)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def token_lengths(task: SyntheticTask, tokenizer, split: str = "train") -> dict[str, dict[str, float]]:
+    """Token lengths of the SFT records (prompt = chat template with generation prompt; response = the rendered answer
+    with its <|im_end|> and newline, as :func:`reasonrank_jax.data.stream.tokenize_sft` counts them)."""
+    from reasonrank_jax.data.stream import tokenize_sft
+
+    prompt, total = [], []
+    for r in sft_records(task, split, tokenizer):
+        ids, prompt_length, _ = tokenize_sft(tokenizer, r["system"], r["instruction"], r["output"], 1 << 20)
+        prompt.append(prompt_length)
+        total.append(len(ids))
+    prompt_n, total_n = np.asarray(prompt), np.asarray(total)
+
+    def stats(x):
+        return {"mean": float(x.mean()), "max": int(x.max()), "min": int(x.min()), "p95": float(np.percentile(x, 95))}
+    return {"prompt": stats(prompt_n), "response": stats(total_n - prompt_n), "total": stats(total_n),
+            "count": len(total)}
+
+
+# ---- files ----
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """write(tmp) into a temporary file next to path, then os.replace it onto path."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_text(path: str, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    _atomic_write(path, write)
+
+
+def _jsonl(rows: Iterable[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def _write_parquet(path: str, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _atomic_write(path, lambda tmp: pq.write_table(pa.Table.from_pylist(rows), tmp))
+
+
+def write_files(task: SyntheticTask, out_dir: str | os.PathLike, tokenizer: bool = True) -> dict[str, str]:
+    """Write the task's files into ``out_dir``, each atomically; return {name: path}:
+
+    * ``queries.jsonl`` (``qid``, ``query``), ``corpus.jsonl`` (``docid``, ``title`` = "", ``text``): all queries;
+    * ``qrels.trec`` (``qid 0 docid grade``, every candidate judged);
+    * ``first_stage.trec`` (all queries), ``first_stage_train.trec``, ``first_stage_heldout.trec``: TREC runs with
+      the first-stage scores (``rerank --run``);
+    * ``teacher_heldout.trec``: the teacher's sliding-window pass over the held-out queries;
+    * ``sft_train.json``, ``sft_heldout.json``: Alpaca lists (``data build sft --file sft_train.json``);
+    * ``rl_train.parquet``: RL rows (``data build rl``);
+    * ``raw/training_data_all.jsonl`` with ``raw/id_query/synthetic.jsonl`` and ``raw/id_doc/synthetic.jsonl``
+      (train queries; ``data build raw``, ``data filter``);
+    * ``task.json``: the task's parameters and :func:`reference_ndcg` of both splits;
+    * ``tokenizer/`` (:func:`build_tokenizer`) unless ``tokenizer`` is False.
+    """
+    from reasonrank_jax.eval.trec import write_qrels, write_run
+
+    out = os.fspath(out_dir)
+    os.makedirs(out, exist_ok=True)
+    data = generate(task)
+    queries, corpus, qrels, _ = make_corpus(task)
+    paths: dict[str, str] = {}
+
+    def path(name: str) -> str:
+        paths[name] = os.path.join(out, name)
+        return paths[name]
+
+    _write_text(path("queries.jsonl"), _jsonl({"qid": q, "query": t} for q, t in queries.items()))
+    _write_text(path("corpus.jsonl"), _jsonl({"docid": d, **doc} for d, doc in corpus.items()))
+    _atomic_write(path("qrels.trec"), lambda tmp: write_qrels(tmp, qrels))
+    fs = {q.qid: dict(zip(q.first_stage, q.first_stage_scores)) for q in data.queries}
+    _atomic_write(path("first_stage.trec"), lambda tmp: write_run(tmp, fs, tag="synthetic_first_stage"))
+    for split in SPLITS:
+        qids = split_qids(data, split)
+        _atomic_write(path(f"first_stage_{split}.trec"),
+                      lambda tmp, qids=qids: write_run(tmp, {q: fs[q] for q in qids}, tag="synthetic_first_stage"))
+    teacher = {q.qid: _as_run(q.teacher_final) for q in data.split_queries("heldout")}
+    _atomic_write(path("teacher_heldout.trec"), lambda tmp: write_run(tmp, teacher, tag="synthetic_teacher"))
+    for split in SPLITS:
+        records = sft_records(task, split)
+        _write_text(path(f"sft_{split}.json"), json.dumps(records, ensure_ascii=False, indent=1) + "\n")
+    _write_parquet(path("rl_train.parquet"), rl_records(task, "train"))
+    train = set(split_qids(data, "train"))
+    _write_text(path("raw/training_data_all.jsonl"), _jsonl(raw_rows(task, "train")))
+    _write_text(path("raw/id_query/synthetic.jsonl"),
+                _jsonl({"qid": q, "query": t} for q, t in queries.items() if q in train))
+    _write_text(path("raw/id_doc/synthetic.jsonl"),
+                _jsonl({"docid": d, **corpus[d]} for q in data.split_queries("train") for d in q.passages))
+    meta = {"task": task.to_dict(), "dataset": DATASET,
+            "splits": {s: len(split_qids(data, s)) for s in SPLITS},
+            "reference_ndcg": {s: reference_ndcg(task, s) for s in SPLITS}}
+    _write_text(path("task.json"), json.dumps(meta, indent=1) + "\n")
+    if tokenizer:
+        paths["tokenizer"] = build_tokenizer(task, os.path.join(out, "tokenizer"))
+    return paths

@@ -1,0 +1,173 @@
+"""`reasonrank-jax train sft --config FILE.yaml [section.key=value ...]`: cold-start SFT, full or LoRA.
+
+Sections (training/sections.py): model, data, train, optim, lora, mesh. The run directory and resume: see
+training/loop.py.
+"""
+
+from __future__ import annotations
+
+from reasonrank_jax.training.sections import SFTConfig
+
+SUBCOMMANDS = {
+    "sft": (SFTConfig, "run_sft", "supervised fine-tuning on teacher reasoning (full or LoRA), resumable"),
+}
+
+
+def _load_examples(path: str, tokenizer, data, what: str):
+    from reasonrank_jax.data.sft import read_sft_examples
+    from reasonrank_jax.errors import InputError
+
+    examples, counts = read_sft_examples(path, tokenizer, data.max_length, data.overflow)
+    if not examples:
+        raise InputError(f"no usable examples ({dict(counts) or 'empty'})", path=path, field=what)
+    return examples, counts
+
+
+def run_sft(config: SFTConfig) -> int:  # noqa: C901 - the edge where every side effect of a run lives
+    import dataclasses
+
+    import jax
+    from tqdm import tqdm
+
+    from reasonrank_jax.config import to_yaml
+    from reasonrank_jax.data.stream import BatchPlan, bucket_lengths, sft_batch
+    from reasonrank_jax.errors import InputError
+    from reasonrank_jax.models import load_pretrained
+    from reasonrank_jax.models.lora import init_lora, lora_scale
+    from reasonrank_jax.outputs import OutputDir, atomic_write
+    from reasonrank_jax.sharding import make_mesh
+    from reasonrank_jax.text import load_tokenizer
+    from reasonrank_jax.training import loop
+    from reasonrank_jax.training.checkpoint import Checkpointer, PreemptionGuard, abstract_like
+    from reasonrank_jax.training.optim import make_optimizer
+    from reasonrank_jax.training.sft import StepSpec, batch_sharding, jit_train_step
+    from reasonrank_jax.training.state import init_state, state_shardings
+
+    model, data, train, optim, lora_cfg = config.model, config.data, config.train, config.optim, config.lora
+    run = OutputDir(train.out, "train sft")
+    config_text = to_yaml(config, "train sft")
+    loop.check_same_run(train.out, config_text, "train sft")
+    try:
+        mesh = make_mesh(config.mesh.shape)
+    except ValueError as err:
+        raise InputError(str(err), field="mesh") from None
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    if train.micro_batch % data_parallel:
+        raise InputError(f"must be a multiple of the data-parallel devices (mesh.data x mesh.fsdp = "
+                         f"{data_parallel}), got {train.micro_batch}", field="train.micro_batch")
+
+    tokenizer = load_tokenizer(model.tokenizer or model.path)
+    examples, counts = _load_examples(data.path, tokenizer, data, "data.path")
+    heldout = _load_examples(data.heldout, tokenizer, data, "data.heldout")[0] if data.heldout else None
+    lengths = [len(e["input_ids"]) for e in examples]
+    plan = BatchPlan(lengths, train.global_batch, train.seed,
+                     bucket_lengths(data.max_length, smallest=min(data.smallest_bucket, data.max_length)))
+    if plan.steps_per_epoch == 0:
+        raise InputError(f"{len(examples)} examples are fewer than one global batch ({train.global_batch})",
+                         path=data.path, field="train.global_batch")
+    total_steps = train.steps or train.epochs * plan.steps_per_epoch
+    save_every = train.save_every or plan.steps_per_epoch
+
+    cfg, params = load_pretrained(model.path, dtype=model.param_dtype, mesh=mesh)
+    cfg = dataclasses.replace(cfg, dtype=model.dtype, remat_policy=model.remat)
+    optimizer, schedule = make_optimizer(optim.lr, total_steps, schedule=optim.schedule,
+                                         warmup_ratio=optim.warmup_ratio, weight_decay=optim.weight_decay,
+                                         clip_norm=optim.clip_norm, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+    use_lora = lora_cfg.rank > 0
+    rng = jax.random.PRNGKey(train.seed)
+    lora = init_lora(params, lora_cfg.rank, lora_cfg.targets, jax.random.fold_in(rng, 1)) if use_lora else {}
+    spec = StepSpec(cfg=cfg, optimizer=optimizer, schedule=schedule,
+                    lora_scale=lora_scale(lora_cfg.alpha, lora_cfg.rank) if use_lora else None,
+                    logits_chunk=train.logits_chunk)
+    abstract = jax.eval_shape(lambda: init_state(params, lora, optimizer, rng))
+    shardings = state_shardings(mesh, abstract, optimizer)
+    state = jax.jit(lambda p, a: init_state(p, a, optimizer, rng), out_shardings=shardings)(params, lora)
+    del params, lora
+
+    checkpointer = Checkpointer(f"{train.out}/checkpoints", keep=train.keep, save_every=save_every)
+    start = checkpointer.latest_step() or 0
+    saved = (lambda s: {"step": s.step, "lora": s.lora, "opt_state": s.opt_state, "rng": s.rng}) if use_lora \
+        else (lambda s: {"step": s.step, "params": s.params, "opt_state": s.opt_state, "rng": s.rng})
+    if start:
+        restored = checkpointer.restore(start, abstract_like(saved(abstract), saved(shardings)))
+        state = state.replace(**restored)
+    metadata = {"model_path": model.path, "lora": {"rank": lora_cfg.rank, "alpha": lora_cfg.alpha,
+                                                   "targets": list(lora_cfg.targets)} if use_lora else None}
+    # The run has really started: record it.
+    run.create()
+    atomic_write(f"{train.out}/config.yaml", config_text)
+    log = loop.MetricsLog(train.out, start)
+    step = jit_train_step(spec, shardings, mesh)
+    heldout_loss = _heldout_evaluator(cfg, heldout, data, train, tokenizer, spec) if heldout else None
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    accum = train.global_batch // train.micro_batch
+    peak = loop.peak_flops(jax.devices()[0])
+    flops_of: dict[int, float | None] = {}
+    print(f"train sft: {len(examples)} examples ({dict(counts)}), {plan.steps_per_epoch} steps per epoch, "
+          f"{total_steps} steps, {'LoRA rank ' + str(lora_cfg.rank) if use_lora else 'full fine-tuning'}, "
+          f"mesh {dict(mesh.shape)}" + (f"; resuming at step {start}" if start else ""), flush=True)
+
+    preempted = False
+    with PreemptionGuard() as guard, tqdm(total=total_steps, initial=start, unit="step", desc="sft",
+                                          dynamic_ncols=True) as progress:
+        for s in range(start, total_steps):
+            epoch, in_epoch = divmod(s, plan.steps_per_epoch)
+            length = plan.padded_length(epoch, in_epoch)
+            rows = [examples[i] for i in plan.indices(epoch, in_epoch, jax.process_index(), jax.process_count())]
+            local = {k: v.reshape(accum, -1, length) for k, v in sft_batch(rows, length, pad_id).items()}
+            batch = {k: jax.make_array_from_process_local_data(batch_sharding(mesh), v) for k, v in local.items()}
+            if length not in flops_of:
+                flops_of[length] = loop.compiled_flops(step.lower(state, batch).compile())
+            timer = loop.StepTimer()
+            state, metrics = step(state, batch)
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            seconds = timer.lap()
+            record = {"step": s + 1, "epoch": epoch, "loss": metrics["loss"], "lr": metrics["lr"],
+                      "grad_norm": metrics["grad_norm"], "tokens": int(metrics["tokens"]),
+                      "step_time_s": round(seconds, 6), "tokens_per_s": metrics["tokens"] / seconds,
+                      "mfu": (flops_of[length] / seconds / (peak * jax.device_count()))
+                      if flops_of[length] and peak else None}
+            if heldout_loss and ((train.eval_every and (s + 1) % train.eval_every == 0) or s + 1 == total_steps):
+                record["heldout_loss"] = heldout_loss(state)
+            log.write(record)
+            progress.update(1)
+            progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+            checkpointer.save(s + 1, saved(state), metadata, force=s + 1 == total_steps)
+            if guard.requested and s + 1 < total_steps:
+                checkpointer.save(s + 1, saved(state), metadata, force=True)
+                preempted = True
+                break
+    checkpointer.close()
+    log.close()
+    if preempted:
+        print(f"train sft: preempted; checkpoint of step {s + 1} saved, rerun the same command to resume", flush=True)
+        return loop.PREEMPTED_EXIT_CODE
+    print(f"train sft: done, {total_steps} steps; checkpoints in {train.out}/checkpoints", flush=True)
+    return 0
+
+
+def _heldout_evaluator(cfg, examples, data, train, tokenizer, spec):
+    """state -> token-mean loss over the held-out examples (micro-batches of train.micro_batch)."""
+    import jax
+    import numpy as np
+
+    from reasonrank_jax.data.stream import bucket_lengths, padded_length, sft_batch
+    from reasonrank_jax.training.sft import sft_loss_sums
+
+    buckets = bucket_lengths(data.max_length, smallest=min(data.smallest_bucket, data.max_length))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    loss_sums = jax.jit(lambda params, trainable, batch: sft_loss_sums(
+        cfg, spec.model_params(params, trainable), batch, spec.logits_chunk))
+    order = np.argsort([len(e["input_ids"]) for e in examples])
+    batches = [[examples[i] for i in order[j:j + train.micro_batch]]
+               for j in range(0, len(order), train.micro_batch)]
+
+    def evaluate(state) -> float:
+        numerator = denominator = 0.0
+        for rows in batches:
+            length = padded_length(max(len(r["input_ids"]) for r in rows), buckets)
+            n, d = loss_sums(state.params, state.trainable, sft_batch(rows, length, pad_id))
+            numerator, denominator = numerator + float(n), denominator + float(d)
+        return numerator / max(denominator, 1.0)
+
+    return evaluate

@@ -1,0 +1,120 @@
+"""The side-effect edge of training: run directory, metrics (metrics.jsonl, TensorBoard, tqdm), checkpoints,
+preemption and resume. The steps themselves are pure (`training.sft.train_step`).
+
+Run directory (`train.out`): `config.yaml` (the resolved config), `metrics.jsonl` (one line per optimizer step s,
+s = 1 after the first update), `checkpoints/<step>/`, `tensorboard/`. Rerunning the same command resumes from the
+latest complete checkpoint: the data order is a pure function of (seed, epoch, step), so the resumed run sees the
+batches the interrupted one would have, and its metrics lines and final parameters are bitwise those of an
+uninterrupted run. SIGTERM (preemption) saves a checkpoint after the step in flight and exits with code 143.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from reasonrank_jax.errors import InputError
+from reasonrank_jax.outputs import atomic_write
+
+# Peak dense bf16 FLOP/s per device, for MFU; devices not listed (CPUs) report no MFU.
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
+              "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
+              "NVIDIA A100": 312e12}
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as if the signal had ended the process
+
+
+def peak_flops(device) -> float | None:
+    kind = getattr(device, "device_kind", "")
+    for prefix, flops in PEAK_FLOPS.items():
+        if kind.startswith(prefix):
+            return flops
+    return None
+
+
+def compiled_flops(compiled) -> float | None:
+    """FLOPs of one call of a compiled program, from XLA's cost analysis (None where unavailable)."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else {}
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+class MetricsLog:
+    """metrics.jsonl (appended, flushed per line) and TensorBoard scalars. On resume, lines of steps after the
+    restored checkpoint are dropped (they are recomputed, identically)."""
+
+    def __init__(self, run_dir: str, resume_step: int):
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self._keep_until(resume_step)
+        self.file = open(self.path, "a", encoding="utf-8")
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+    def _keep_until(self, step: int) -> None:
+        if not os.path.exists(self.path):
+            return
+        kept = []
+        with open(self.path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.endswith("\n"):
+                    break  # torn by a kill
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    raise InputError("not a metrics line; is this train.out another run's?", path=self.path,
+                                     line=number) from None
+                if record.get("step", 0) <= step:
+                    kept.append(line)
+        atomic_write(self.path, "".join(kept))
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"train/{key}", value, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        self.writer.close()
+
+
+def check_same_run(run_dir: str, config_text: str, command: str) -> None:
+    """A run directory resumes only the run it holds: the same resolved config (the header line aside)."""
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        previous = f.read()
+    strip = lambda text: text.split("\n", 1)[1] if "\n" in text else ""  # noqa: E731
+    if strip(previous) != strip(config_text):
+        import yaml
+
+        old, new = yaml.safe_load(strip(previous)) or {}, yaml.safe_load(strip(config_text)) or {}
+        differing = [f"{s}.{k}" for s in sorted(set(old) | set(new)) if isinstance(new.get(s), dict)
+                     for k in sorted(set(old.get(s) or {}) | set(new[s])) if (old.get(s) or {}).get(k) != new[s].get(k)]
+        raise InputError(f"holds a {command} run with other settings ({', '.join(differing) or 'different'}); "
+                         "use another train.out", path=path, field=differing[0] if differing else None)
+
+
+def format_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class StepTimer:
+    """Wall time per step and throughput; the first step of each program (compilation) is not averaged."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self.start = now - self.start, now
+        return elapsed

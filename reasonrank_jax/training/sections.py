@@ -1,0 +1,101 @@
+"""Config sections of the training commands (`train sft`; GRPO reuses them): model, data, train, optim, lora,
+mesh. Set in YAML as nested mappings or on the command line as `section.key=value`. No jax import here."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from reasonrank_jax.config import ConfigCheckError, OneOf, option, section
+
+DTYPES = ("float32", "bfloat16")
+REMAT = ("none", "full", "dots", "dots_no_batch")
+LORA_TARGET_NAMES = ("q", "k", "v", "o", "gate", "up", "down")  # reasonrank_jax.models.lora.LORA_TARGETS
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    path: str | None = option(required=True, help="Hugging Face checkpoint directory (the base model)")
+    tokenizer: str | None = option(help="tokenizer directory (default: model.path)")
+    dtype: str = option("float32", choices=DTYPES, help="compute dtype")
+    param_dtype: str = option("float32", choices=DTYPES, help="dtype of the weights the optimizer updates")
+    remat: str = option("none", choices=REMAT, help="rematerialisation policy of the decoder layers")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    path: str | None = option(required=True, help="Alpaca JSON file (system, instruction, output) or a built, "
+                                                   "tokenized TFDS sft dataset version directory")
+    heldout: str | None = option(help="Alpaca JSON file whose loss is reported (train.eval_every, and at the end)")
+    max_length: int = option(23552, min=2, help="max prompt + response tokens")
+    overflow: str = option("truncate", choices=("truncate", "drop", "error"),
+                           help="longer examples: cut the response, drop them (counted), or stop with an error")
+    smallest_bucket: int = option(256, min=8, help="smallest padded length (buckets grow by 15%)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+    out: str | None = option(required=True, help="run directory: config.yaml, metrics.jsonl, checkpoints/, "
+                                                  "tensorboard/; rerun the same command to resume")
+    steps: int | None = option(min=1, help="optimizer steps")
+    epochs: int | None = option(min=1, help="epochs (instead of steps)")
+    global_batch: int = option(64, min=1, help="examples per optimizer step")
+    micro_batch: int = option(8, min=1, help="examples per forward pass over the whole mesh")
+    seed: int = option(0, min=0, help="data order and adapter init")
+    save_every: int = option(0, min=0, help="checkpoint every N steps (0: at the end of every epoch)")
+    keep: int = option(3, min=1, help="checkpoints kept")
+    eval_every: int = option(0, min=0, help="held-out loss every N steps (0: at the end only)")
+    logits_chunk: int = option(1024, min=1, help="positions per chunk of the output projection in the loss")
+
+    ONE_OF = (OneOf(("steps", "epochs")),)
+
+    def check(self) -> None:
+        if self.global_batch % self.micro_batch:
+            raise ConfigCheckError("micro_batch", f"must divide train.global_batch ({self.global_batch}), "
+                                                  f"got {self.micro_batch}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSection:
+    lr: float = option(5e-6, min=0.0, help="peak learning rate")
+    schedule: str = option("cosine", choices=("cosine", "constant"), help="after the warmup")
+    warmup_ratio: float = option(0.1, min=0.0, max=1.0, help="share of the steps spent warming up linearly")
+    weight_decay: float = option(0.0, min=0.0)
+    clip_norm: float = option(1.0, min=0.0, help="global gradient norm clip (0: off)")
+    b1: float = option(0.9, min=0.0, max=1.0)
+    b2: float = option(0.999, min=0.0, max=1.0)
+    eps: float = option(1e-8, min=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSection:
+    rank: int = option(0, min=0, help="adapter rank (0: full fine-tuning)")
+    alpha: float = option(32.0, min=0.0, help="scale alpha / rank")
+    targets: tuple[str, ...] = option(LORA_TARGET_NAMES, choices=LORA_TARGET_NAMES, help="adapted projections")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSection:
+    data: int = option(1, min=-1, help="data-parallel axis size (-1: the remaining devices)")
+    fsdp: int = option(-1, min=-1, help="fully sharded data-parallel axis size (-1: the remaining devices)")
+    tensor: int = option(1, min=-1, help="tensor-parallel axis size (-1: the remaining devices)")
+
+    def check(self) -> None:
+        sizes = (self.data, self.fsdp, self.tensor)
+        if 0 in sizes:
+            raise ConfigCheckError(("data", "fsdp", "tensor")[sizes.index(0)], "must be >= 1 or -1")
+        if sizes.count(-1) > 1:
+            raise ConfigCheckError("fsdp", "at most one mesh axis may be -1")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.data, self.fsdp, self.tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    model: ModelSection = section(ModelSection)
+    data: DataSection = section(DataSection)
+    train: TrainSection = section(TrainSection)
+    optim: OptimSection = section(OptimSection)
+    lora: LoraSection = section(LoraSection)
+    mesh: MeshSection = section(MeshSection)
