@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rerank": ("reasonrank_jax.inference.cli", "sliding-window rerank of a first-stage run"),
     "data": ("reasonrank_jax.data.cli", "build, filter, inspect and synthesize training data"),
     "train": ("reasonrank_jax.training.cli", "train a reranker: SFT (full or LoRA) on the device mesh, resumable"),
+    "export": ("reasonrank_jax.training.export", "write a trained checkpoint as a Hugging Face model (LoRA merged)"),
 }
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*=")

@@ -2,8 +2,9 @@
 
 It has the real task's shape: queries, a corpus, graded qrels, a noisy first-stage run, sliding windows over it,
 the exact ``rank_GPT_reasoning`` prompt of :mod:`reasonrank_jax.text.prompts`, and responses
-``<think>…</think> <answer>[i] > [j] > …</answer>`` (SPEC §1, §2, §6) — but with a vocabulary of a few dozen words,
-passages of a few words and windows of 8, so prompts are about 250 tokens of this task's own word-level tokenizer.
+``<think>…</think> <answer>[i] > [j] > …</answer>`` (SPEC §1, §2, §6) — but with a vocabulary of a few dozen
+words, passages of a few words and windows of 8, so a prompt is about 270 tokens of the task's own tokenizer (a
+Qwen2-style byte-level BPE of under 500 tokens) and a response about 85.
 
 The task, everything a pure function of the :class:`SyntheticTask` parameters (seed included):
 
@@ -27,9 +28,9 @@ The task, everything a pure function of the :class:`SyntheticTask` parameters (s
 Records: :func:`sft_records` (Alpaca, SPEC §6) and :func:`rl_records` (the RL parquet's rows) hold the windows the
 teacher saw in its sliding-window pass (the inputs an imitating reranker meets at inference), split by query into
 ``train`` and ``heldout``. :func:`write_files` writes everything the CLI reads; :func:`build_tokenizer` saves a
-word-level Hugging Face tokenizer (ChatML template as Qwen2.5's, ``<|im_end|>`` as eos) of under 500 tokens that
-round-trips every text of the task exactly. :func:`reference_ndcg` gives nDCG@10 of the first stage, the teacher
-and the oracle (reasonrank_jax.eval). No jax here.
+Hugging Face tokenizer (Qwen2's pre-tokenizer and byte-level BPE, Qwen2.5's chat template, ``<|im_end|>`` as eos) of
+under 500 tokens that round-trips any ASCII text exactly. :func:`reference_ndcg` gives nDCG@10 of the first stage,
+the teacher and the oracle (reasonrank_jax.eval). No jax here.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ import json
 import os
 import re
 import shutil
-import string
 import tempfile
 from typing import Callable, Iterable, Sequence
 
@@ -59,12 +59,8 @@ FILLER_WORDS = ("the", "a", "of", "and", "with", "on", "in", "near", "old", "big
 NEGATION = "no"
 NO_MENTION = "none"
 
-# The tokenizer's pre-tokenizer: think/answer tags, bracketed ids, words and single characters, each with an
-# optional leading space (kept inside the token, so decoding is plain concatenation), and runs of whitespace.
-PRETOKENIZE_PATTERN = r" ?</?(?:think|answer)>| ?\[\d+\]| ?[A-Za-z]+| ?\d| ?[^\sA-Za-z\d]|\s+"
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-UNK_TOKEN = "<unk>"
-MAX_ID_TOKEN = 20  # [0]..[20] are single tokens (at least `window`)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # the tokenizer's ids 0, 1, 2
+MAX_WINDOW = 20  # SPEC: a window holds at most 20 passages
 
 _THINK_ANSWER = re.compile(r"<think>.*?</think>\s*<answer>(.*?)</answer>", re.DOTALL)
 _NON_DIGIT = re.compile(r"\D")
@@ -102,7 +98,7 @@ class SyntheticTask:
 
         check(self.num_queries >= 2, "num_queries must be >= 2")
         check(0.0 < self.heldout_fraction < 1.0, "heldout_fraction must be in (0, 1)")
-        check(1 <= self.window <= MAX_ID_TOKEN, f"window must be in 1..{MAX_ID_TOKEN}")
+        check(1 <= self.window <= MAX_WINDOW, f"window must be in 1..{MAX_WINDOW}")
         check(1 <= self.step <= self.window, "step must be in 1..window")
         check(4 <= self.num_topic_words <= len(TOPIC_WORDS), f"num_topic_words must be in 4..{len(TOPIC_WORDS)}")
         for name in ("query_words", "passage_words", "num_relevant", "num_decoys"):
@@ -359,9 +355,10 @@ def sft_records(task: SyntheticTask, split: str = "train", tokenizer=None,
                 mode: str = "rank_GPT_reasoning") -> list[dict]:
     """Alpaca records (SPEC §6), one per window of the teacher's sliding-window pass over each query of ``split``
     (``train``, ``heldout`` or ``all``): system, instruction (the exact user prompt of
-    :func:`reasonrank_jax.text.prompts.build_messages`), output ``<think>{reasoning}</think> <answer>{ranking}</answer>``,
-    dataset, qid; plus window (start, end), initial_list, final_list and grades (true relevance of initial_list) for
-    scoring a generated answer. ``tokenizer`` defaults to an exact stand-in for the task's own tokenizer."""
+    :func:`reasonrank_jax.text.prompts.build_messages`), output
+    ``<think>{reasoning}</think> <answer>{ranking}</answer>``, dataset, qid; plus window (start, end), initial_list,
+    final_list and grades (true relevance of initial_list) for scoring a generated answer. ``tokenizer`` defaults to
+    an exact stand-in for the task's own tokenizer."""
     from reasonrank_jax.data.convert import sft_response
 
     data = generate(task)
@@ -508,15 +505,40 @@ def _oracle_ranker(data: SyntheticData) -> WindowRanker:
 
 
 # ---- tokenizer ----
+#
+# A Qwen2-style byte-level BPE with a vocabulary of under 500 tokens. Why not a word-level one: transformers 5 loads
+# any tokenizer that sits next to a `model_type: qwen2` config.json as `Qwen2Tokenizer`, which rebuilds the backend
+# from tokenizer.json's vocab and merges with Qwen2's own normaliser (NFC), pre-tokenizer (Qwen2's split pattern, then
+# byte-level) and byte-level decoder. This tokenizer is built with exactly those parts, so it encodes and decodes the
+# same whether it is loaded alone (TokenizersBackend) or from an exported Qwen2 checkpoint directory (Qwen2Tokenizer).
+# As with Qwen2.5, digits are single tokens ("[12]" -> "[", "1", "2", "]"); every word of the task is one token.
 
-def _pieces(text: str) -> list[str]:
-    pieces = []
-    for part in re.split("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")", text):
-        if part in SPECIAL_TOKENS:
-            pieces.append(part)
-        elif part:
-            pieces.extend(re.findall(PRETOKENIZE_PATTERN, part))
-    return pieces
+TOKENIZER_MAX_VOCAB = 496          # special tokens + byte alphabet + merges
+_ALPHABET_BYTES = tuple(range(32, 127)) + (9, 10, 13)  # printable ASCII, tab, newline, carriage return
+
+
+def _qwen2_backend(vocab: dict[str, int], merges: list[tuple[str, str]]):
+    """The backend exactly as transformers' Qwen2Tokenizer builds it from a vocab and merges."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import BPE
+
+    from reasonrank_jax.text.tokenizer import QWEN2_PRETOKENIZE_PATTERN
+
+    backend = Tokenizer(BPE(vocab, merges, dropout=None, unk_token=None, continuing_subword_prefix="",
+                            end_of_word_suffix="", fuse_unk=False, byte_fallback=False))
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    return backend
+
+
+def _byte_symbols() -> dict[int, str]:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return bytes_to_unicode()
 
 
 def _chatml(messages: list[dict], response: str | None = None) -> str:
@@ -524,67 +546,111 @@ def _chatml(messages: list[dict], response: str | None = None) -> str:
     return text + "<|im_start|>assistant\n" + (f"{response}<|im_end|>\n" if response is not None else "")
 
 
-def _base_texts(task: SyntheticTask | None) -> list[str]:
-    """Every fixed text of the protocol (all prompt modes, window sizes up to MAX_ID_TOKEN) and the task's words."""
+def _canonical_texts() -> list[str]:
+    """The texts the merges are learnt from: a fixed task's SFT records (rendered as the chat template renders them)
+    and the protocol's fixed texts in every prompt mode — the same for every task, so one tokenizer serves all."""
     from reasonrank_jax.text.prompts import MODES, build_messages
 
-    words = list(TOPIC_WORDS) + list(FILLER_WORDS) + [NEGATION, NO_MENTION, "Title", "Content"]
-    texts = [" ".join(words), "\n".join(words), "\t".join(words)]
-    example = [{"text": "apple river"}, {"title": "stone", "text": "no cloud"}]
+    texts = []
+    for r in sft_records(SyntheticTask(seed=0, num_queries=100), "all"):
+        messages = [{"role": "system", "content": r["system"]}, {"role": "user", "content": r["instruction"]}]
+        texts.append(_chatml(messages, r["output"]))
+    passages = [{"text": "apple river"}, {"title": "stone", "text": "no cloud"}]
     for mode in MODES:
-        for num in range(1, MAX_ID_TOKEN + 1):
-            passages = (example * MAX_ID_TOKEN)[:num]
-            texts.append(_chatml(build_messages(_IdentityTokenizer(), "apple river", passages, mode=mode),
-                                 "<think>[1] apple. [2] no river, none.</think> <answer>[1] > [2]</answer>"))
-    ids = " ".join(f"[{i}]" for i in range(MAX_ID_TOKEN + 1))
-    chars = string.digits + string.punctuation
-    texts += [ids, "\n".join(f"[{i}]" for i in range(MAX_ID_TOKEN + 1)), " ".join(chars), "\n".join(chars),
-              "<think> </think> <answer> </answer>\n<think>\n</think>\n<answer>\n</answer>", " ", "  ", "\n\n", "\n"]
-    if task is not None:
-        texts += [" ".join(task.topic_words)]
+        texts.append(_chatml(build_messages(_IdentityTokenizer(), "apple river", passages, mode=mode)))
     return texts
 
 
-def tokenizer_vocab(texts: Iterable[str] = ()) -> dict[str, int]:
-    """The word-level vocabulary: special tokens, then every piece of the protocol's fixed texts, the task's words
-    and ``texts``, in a fixed order."""
-    pieces: set[str] = set()
-    for text in [*_base_texts(None), *texts]:
-        pieces.update(_pieces(text))
-    pieces -= set(SPECIAL_TOKENS)
-    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, UNK_TOKEN])}
-    for piece in sorted(pieces):
-        vocab[piece] = len(vocab)
-    return vocab
+def _learn_merges(counts: dict[tuple[str, ...], int], num_merges: int) -> list[tuple[str, str]]:
+    """Plain BPE on weighted symbol sequences; ties broken by the pair itself, so the result is deterministic."""
+    words = dict(counts)
+    merges: list[tuple[str, str]] = []
+    while len(merges) < num_merges:
+        pairs: dict[tuple[str, str], int] = {}
+        for word, count in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] = pairs.get(pair, 0) + count
+        pairs = {p: c for p, c in pairs.items() if c > 0}
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        merged: dict[tuple[str, ...], int] = {}
+        for word, count in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                    out.append(word[i] + word[i + 1])
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] = merged.get(tuple(out), 0) + count
+        words = merged
+    return merges
+
+
+def _special_split(text: str) -> list[str]:
+    return [p for p in re.split("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")", text)
+            if p and p not in SPECIAL_TOKENS]
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_model(extra_texts: tuple[str, ...] = ()) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocab, merges): special tokens (ids 0-2), the byte alphabet, then the merges learnt from the canonical texts,
+    with every task word (after a space, as it occurs) weighted up so that each is one token."""
+    symbols = _byte_symbols()
+    alphabet = sorted(symbols[b] for b in _ALPHABET_BYTES)
+    pre = _qwen2_backend({s: i for i, s in enumerate(alphabet)}, []).pre_tokenizer
+    known = set(alphabet)
+    counts: dict[tuple[str, ...], int] = {}
+
+    def add(text: str, weight: int = 1):
+        for part in _special_split(text):
+            for piece, _ in pre.pre_tokenize_str(part):
+                key = tuple(c for c in piece if c in known)
+                counts[key] = counts.get(key, 0) + weight
+
+    for text in (*_canonical_texts(), *extra_texts):
+        add(text)
+    for word in (*TOPIC_WORDS, *FILLER_WORDS, NEGATION, NO_MENTION):
+        add(" " + word, 100_000)
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for s in alphabet:
+        vocab[s] = len(vocab)
+    merges = _learn_merges(counts, TOKENIZER_MAX_VOCAB - len(vocab))
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    return vocab, merges
+
+
+def tokenizer_vocab() -> dict[str, int]:
+    """The tokenizer's vocabulary (token -> id; byte-level symbols, e.g. "Ġapple" for " apple")."""
+    return dict(_tokenizer_model()[0])
 
 
 def build_tokenizer(task_or_texts: SyntheticTask | Iterable[str] | None, out_dir: str | os.PathLike) -> str:
-    """Save a word-level fast tokenizer for the task in ``out_dir`` (replaced atomically); return the directory.
+    """Save the task's tokenizer in ``out_dir`` (replaced atomically); return the directory.
 
-    ``transformers.AutoTokenizer.from_pretrained(out_dir)`` loads it offline. Pieces (``PRETOKENIZE_PATTERN``) keep
-    their leading space and the decoder concatenates them, so decode(encode(x)) == x for every text made of known
-    pieces (all of the task's prompts and responses). ``<|endoftext|>`` (id 0, pad), ``<|im_start|>`` (1) and
-    ``<|im_end|>`` (2, eos) are special tokens, ``<unk>`` (3) stands for an unknown piece; the chat template is
-    Qwen2.5's. ``task_or_texts``: a task (its texts are added), extra texts, or None (the protocol and word lists
-    alone cover every task).
+    A Qwen2-style byte-level BPE (Qwen2's normaliser, split pattern and byte-level decoder; see the comment above)
+    with ``<|endoftext|>`` (id 0, pad), ``<|im_start|>`` (1) and ``<|im_end|>`` (2, eos) as special tokens, the
+    printable-ASCII byte alphabet and merges learnt from the task's texts: < 500 tokens, every task word one token,
+    decode(encode(x)) == x for any ASCII text (other characters are dropped), the Qwen2.5 chat template.
+    ``transformers.AutoTokenizer.from_pretrained(out_dir)`` loads it offline, also next to a Qwen2 config.json.
+    ``task_or_texts``: a task or None (the tokenizer is the same for every task: the word lists and the protocol
+    decide it), or extra texts whose pieces are added to the texts the merges are learnt from.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers
-    from tokenizers.models import WordLevel
+    from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
     from reasonrank_jax.text.tokenizer import QWEN25_CHAT_TEMPLATE
 
-    if isinstance(task_or_texts, SyntheticTask):
-        texts = _base_texts(task_or_texts)
-    else:
-        texts = list(task_or_texts or ())
-    vocab = tokenizer_vocab(texts)
-    backend = Tokenizer(WordLevel(vocab, unk_token=UNK_TOKEN))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated", invert=False)
-    backend.decoder = decoders.Fuse()
+    extra = () if task_or_texts is None or isinstance(task_or_texts, SyntheticTask) else tuple(task_or_texts)
+    vocab, merges = _tokenizer_model(extra)
+    backend = _qwen2_backend(vocab, merges)
     backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in SPECIAL_TOKENS])
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=UNK_TOKEN,
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>"], chat_template=QWEN25_CHAT_TEMPLATE, model_max_length=4096,
         clean_up_tokenization_spaces=False)
     out = os.fspath(out_dir)

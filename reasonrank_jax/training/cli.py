@@ -24,26 +24,20 @@ def _load_examples(path: str, tokenizer, data, what: str):
 
 
 def run_sft(config: SFTConfig) -> int:  # noqa: C901 - the edge where every side effect of a run lives
-    import dataclasses
-
     import jax
     from tqdm import tqdm
 
     from reasonrank_jax.config import to_yaml
     from reasonrank_jax.data.stream import BatchPlan, bucket_lengths, sft_batch
     from reasonrank_jax.errors import InputError
-    from reasonrank_jax.models import load_pretrained
-    from reasonrank_jax.models.lora import init_lora, lora_scale
     from reasonrank_jax.outputs import OutputDir, atomic_write
     from reasonrank_jax.sharding import make_mesh
     from reasonrank_jax.text import load_tokenizer
-    from reasonrank_jax.training import loop
-    from reasonrank_jax.training.checkpoint import Checkpointer, PreemptionGuard, abstract_like
-    from reasonrank_jax.training.optim import make_optimizer
-    from reasonrank_jax.training.sft import StepSpec, batch_sharding, jit_train_step
-    from reasonrank_jax.training.state import init_state, state_shardings
+    from reasonrank_jax.training import loop, setup
+    from reasonrank_jax.training.checkpoint import Checkpointer, PreemptionGuard
+    from reasonrank_jax.training.sft import batch_sharding, jit_train_step
 
-    model, data, train, optim, lora_cfg = config.model, config.data, config.train, config.optim, config.lora
+    model, data, train, lora_cfg = config.model, config.data, config.train, config.lora
     run = OutputDir(train.out, "train sft")
     config_text = to_yaml(config, "train sft")
     loop.check_same_run(train.out, config_text, "train sft")
@@ -68,37 +62,19 @@ def run_sft(config: SFTConfig) -> int:  # noqa: C901 - the edge where every side
     total_steps = train.steps or train.epochs * plan.steps_per_epoch
     save_every = train.save_every or plan.steps_per_epoch
 
-    cfg, params = load_pretrained(model.path, dtype=model.param_dtype, mesh=mesh)
-    cfg = dataclasses.replace(cfg, dtype=model.dtype, remat_policy=model.remat)
-    optimizer, schedule = make_optimizer(optim.lr, total_steps, schedule=optim.schedule,
-                                         warmup_ratio=optim.warmup_ratio, weight_decay=optim.weight_decay,
-                                         clip_norm=optim.clip_norm, b1=optim.b1, b2=optim.b2, eps=optim.eps)
-    use_lora = lora_cfg.rank > 0
-    rng = jax.random.PRNGKey(train.seed)
-    lora = init_lora(params, lora_cfg.rank, lora_cfg.targets, jax.random.fold_in(rng, 1)) if use_lora else {}
-    spec = StepSpec(cfg=cfg, optimizer=optimizer, schedule=schedule,
-                    lora_scale=lora_scale(lora_cfg.alpha, lora_cfg.rank) if use_lora else None,
-                    logits_chunk=train.logits_chunk)
-    abstract = jax.eval_shape(lambda: init_state(params, lora, optimizer, rng))
-    shardings = state_shardings(mesh, abstract, optimizer)
-    state = jax.jit(lambda p, a: init_state(p, a, optimizer, rng), out_shardings=shardings)(params, lora)
-    del params, lora
-
+    prepared = setup.prepare(config, mesh, total_steps)
+    spec, state, use_lora = prepared.spec, prepared.state, prepared.use_lora
     checkpointer = Checkpointer(f"{train.out}/checkpoints", keep=train.keep, save_every=save_every)
     start = checkpointer.latest_step() or 0
-    saved = (lambda s: {"step": s.step, "lora": s.lora, "opt_state": s.opt_state, "rng": s.rng}) if use_lora \
-        else (lambda s: {"step": s.step, "params": s.params, "opt_state": s.opt_state, "rng": s.rng})
     if start:
-        restored = checkpointer.restore(start, abstract_like(saved(abstract), saved(shardings)))
-        state = state.replace(**restored)
-    metadata = {"model_path": model.path, "lora": {"rank": lora_cfg.rank, "alpha": lora_cfg.alpha,
-                                                   "targets": list(lora_cfg.targets)} if use_lora else None}
+        state = setup.restore(prepared, checkpointer, start)
+    metadata = prepared.metadata(config)
     # The run has really started: record it.
     run.create()
     atomic_write(f"{train.out}/config.yaml", config_text)
     log = loop.MetricsLog(train.out, start)
-    step = jit_train_step(spec, shardings, mesh)
-    heldout_loss = _heldout_evaluator(cfg, heldout, data, train, tokenizer, spec) if heldout else None
+    step = jit_train_step(spec, prepared.shardings, mesh)
+    heldout_loss = _heldout_evaluator(spec.cfg, heldout, data, train, tokenizer, spec) if heldout else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     accum = train.global_batch // train.micro_batch
     peak = loop.peak_flops(jax.devices()[0])
@@ -132,9 +108,9 @@ def run_sft(config: SFTConfig) -> int:  # noqa: C901 - the edge where every side
             log.write(record)
             progress.update(1)
             progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-            checkpointer.save(s + 1, saved(state), metadata, force=s + 1 == total_steps)
+            checkpointer.save(s + 1, prepared.saved(state), metadata, force=s + 1 == total_steps)
             if guard.requested and s + 1 < total_steps:
-                checkpointer.save(s + 1, saved(state), metadata, force=True)
+                checkpointer.save(s + 1, prepared.saved(state), metadata, force=True)
                 preempted = True
                 break
     checkpointer.close()
