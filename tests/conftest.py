@@ -53,3 +53,21 @@ def tiny_reranker(tmp_path_factory, qwen2_tokenizer_dir):
     with open(root / "qrels.txt", "w") as f:
         f.write("q0 0 q0-d3 1\nq1 0 q1-d20 1\nq2 0 q2-d0 1\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_model(tmp_path_factory):
+    """A tiny random Qwen2 (d32, 2 layers) over the synthetic task's 496-token tokenizer, saved with it."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from reasonrank_jax.data.synthetic import build_tokenizer
+
+    root = tmp_path_factory.mktemp("synthetic_model")
+    build_tokenizer(None, root)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(root)
+    return root

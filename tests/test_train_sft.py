@@ -18,24 +18,19 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def sft_data(tmp_path_factory):
+    from reasonrank_jax.data.synthetic import SyntheticTask, sft_records
+
     root = tmp_path_factory.mktemp("sft_data")
-    rng = np.random.default_rng(0)
-    words = "cell energy protein water light river stone market price robot".split()
-    records = []
-    for i in range(16):
-        passages = " ".join(f"[{j + 1}] {' '.join(rng.choice(words, 3))}" for j in range(3))
-        ranking = " > ".join(f"[{j + 1}]" for j in rng.permutation(3))
-        records.append({"system": "You rank passages.", "instruction": f"Query {rng.choice(words)}. {passages}",
-                        "output": f"<think>{' '.join(rng.choice(words, int(rng.integers(2, 9))))}</think> "
-                                  f"<answer>{ranking}</answer>"})
-    (root / "sft.json").write_text(json.dumps(records))
+    records = sft_records(SyntheticTask(num_queries=12, seed=0), "train")[:16]
+    (root / "sft.json").write_text(json.dumps([{k: r[k] for k in ("system", "instruction", "output")}
+                                               for r in records]))
     return root / "sft.json"
 
 
 def _argv(model, data, out, *extra):
     return ["train", "sft", f"model.path={model}", f"data.path={data}", f"train.out={out}", f"train.steps={STEPS}",
             "train.global_batch=16", "train.micro_batch=8", "train.save_every=2", "optim.lr=1e-3",
-            "optim.warmup_ratio=0.2", "data.max_length=128", "data.smallest_bucket=32", "mesh.data=2", *extra]
+            "optim.warmup_ratio=0.2", "data.max_length=512", "data.smallest_bucket=384", "mesh.data=2", *extra]
 
 
 def _metrics(out):
@@ -81,9 +76,9 @@ def _wait_for_lines(out, count, process, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_reranker, sft_data, tmp_path_factory):
+def uninterrupted(synthetic_model, sft_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "full"
-    assert main(_argv(tiny_reranker / "model", sft_data, out)) == 0
+    assert main(_argv(synthetic_model, sft_data, out)) == 0
     return out
 
 
@@ -103,13 +98,13 @@ def test_run_writes_metrics_config_checkpoints_and_tensorboard(uninterrupted):
     assert config["train"]["steps"] == STEPS and config["optim"]["lr"] == 1e-3
 
 
-def test_sigkill_then_rerun_equals_the_uninterrupted_run_bitwise(tiny_reranker, sft_data, uninterrupted, tmp_path):
+def test_sigkill_then_rerun_equals_the_uninterrupted_run_bitwise(synthetic_model, sft_data, uninterrupted, tmp_path):
     out = tmp_path / "killed"
-    process = _spawn(_argv(tiny_reranker / "model", sft_data, out))
+    process = _spawn(_argv(synthetic_model, sft_data, out))
     _wait_for_lines(out, 3, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert main(_argv(tiny_reranker / "model", sft_data, out)) == 0
+    assert main(_argv(synthetic_model, sft_data, out)) == 0
     assert _metrics(out) == _metrics(uninterrupted)
     step, state = _final_state(out)
     reference_step, reference = _final_state(uninterrupted)
@@ -118,16 +113,16 @@ def test_sigkill_then_rerun_equals_the_uninterrupted_run_bitwise(tiny_reranker, 
         assert np.array_equal(state[key], reference[key]), key
 
 
-def test_sigterm_leaves_a_complete_checkpoint_and_the_rerun_finishes(tiny_reranker, sft_data, uninterrupted,
+def test_sigterm_leaves_a_complete_checkpoint_and_the_rerun_finishes(synthetic_model, sft_data, uninterrupted,
                                                                      tmp_path):
     out = tmp_path / "preempted"
-    process = _spawn(_argv(tiny_reranker / "model", sft_data, out, "train.save_every=100"))
+    process = _spawn(_argv(synthetic_model, sft_data, out, "train.save_every=100"))
     _wait_for_lines(out, 1, process)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=300) == 143
     done = len(_metrics(out))
     assert done < STEPS and sorted(os.listdir(out / "checkpoints")) == [str(done)]
-    assert main(_argv(tiny_reranker / "model", sft_data, out, "train.save_every=100")) == 0
+    assert main(_argv(synthetic_model, sft_data, out, "train.save_every=100")) == 0
     assert _metrics(out) == _metrics(uninterrupted)
 
 
@@ -136,17 +131,85 @@ def test_sigterm_leaves_a_complete_checkpoint_and_the_rerun_finishes(tiny_rerank
     (("train.micro_batch=4",), "train.micro_batch"),
     (("train.epochs=2",), "only one of"),
     (("lora.targets=[q, x]",), "lora.targets"),
-    (("data.max_length=10", "data.overflow=error"), "data.max_length"),
+    (("data.max_length=300", "data.overflow=error"), "data.max_length"),
     (("mesh.fsdp=3",), "mesh"),
 ])
-def test_bad_settings_exit_2_with_one_line(tiny_reranker, sft_data, tmp_path, capsys, extra, words):
+def test_bad_settings_exit_2_with_one_line(synthetic_model, sft_data, tmp_path, capsys, extra, words):
     out = tmp_path / "bad"
-    assert main(_argv(tiny_reranker / "model", sft_data, out, *extra)) == 2
+    assert main(_argv(synthetic_model, sft_data, out, *extra)) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and words in err, err
     assert not out.exists() or not (out / "config.yaml").exists()
 
 
-def test_a_run_directory_resumes_only_its_own_run(uninterrupted, tiny_reranker, sft_data, capsys):
-    assert main(_argv(tiny_reranker / "model", sft_data, uninterrupted, "optim.lr=2e-3")) == 2
+def test_a_run_directory_resumes_only_its_own_run(uninterrupted, synthetic_model, sft_data, capsys):
+    assert main(_argv(synthetic_model, sft_data, uninterrupted, "optim.lr=2e-3")) == 2
     assert "optim.lr" in capsys.readouterr().err
+
+
+def _logits_pair(export_dir, jax_params, cfg):
+    """(transformers logits of the export, our logits of `jax_params`) on a ragged batch."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from reasonrank_jax.models import forward
+
+    rng = np.random.default_rng(1)
+    ids = rng.integers(3, 400, (2, 12))
+    mask = np.ones_like(ids)
+    mask[1, :3] = 0
+    model = AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = model(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    ours = np.asarray(forward(cfg, jax_params, ids, mask))
+    return theirs[mask.astype(bool)], ours[mask.astype(bool)]
+
+
+def test_export_of_a_full_run_loads_in_transformers_at_parity(uninterrupted, tmp_path, capsys):
+    from reasonrank_jax.models import load_pretrained
+
+    out = tmp_path / "hf"
+    assert main(["export", str(uninterrupted), "--out", str(out), "--max-shard-size", "200KB"]) == 0
+    assert (out / "model.safetensors.index.json").exists() and (out / "tokenizer.json").exists()
+    cfg, exported = load_pretrained(out)
+    _, state = _final_state(uninterrupted)
+    # The export holds the trained weights (not the base): compare one tensor with the checkpoint.
+    assert np.array_equal(np.asarray(exported["embed"]["embedding"]), state["params/embed/embedding"])
+    theirs, ours = _logits_pair(out, exported, cfg)
+    assert np.abs(theirs - ours).max() < 1e-4
+    assert main(["export", str(uninterrupted), "--out", str(tmp_path / "x"), "--step", "3"]) == 2
+    assert "--step" in capsys.readouterr().err
+
+
+def test_lora_run_merged_export_matches_the_jax_lora_model(synthetic_model, sft_data, tmp_path):
+    import jax
+    from safetensors.numpy import load_file
+
+    from reasonrank_jax.models.lora import merge_lora
+    from reasonrank_jax.training import setup
+    from reasonrank_jax.training.checkpoint import Checkpointer
+    from reasonrank_jax.training.export import read_run_config
+    from reasonrank_jax.sharding import make_mesh
+
+    run = tmp_path / "lora_run"
+    assert main(_argv(synthetic_model, sft_data, run, "lora.rank=4", "lora.alpha=8", "optim.lr=1e-2")) == 0
+    out, adapter = tmp_path / "merged", tmp_path / "adapter"
+    assert main(["export", str(run), "--out", str(out), "--adapter", str(adapter)]) == 0
+    # The JAX LoRA model: base + restored adapters, merged in the forward pass's way.
+    config = read_run_config(str(run))
+    prepared = setup.prepare(config, make_mesh(), 1)
+    with Checkpointer(str(run / "checkpoints"), keep=None) as checkpointer:
+        state = setup.restore(prepared, checkpointer, STEPS)
+    assert float(np.abs(np.asarray(state.lora["layers"]["attn"]["q_proj"]["lora_b"])).max()) > 0  # it trained
+    lora_params = jax.device_get(merge_lora(state.params, state.lora, prepared.spec.lora_scale))
+    theirs, ours = _logits_pair(out, lora_params, prepared.spec.cfg)
+    assert np.abs(theirs - ours).max() < 1e-4
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 4 and adapter_config["lora_alpha"] == 8.0 and adapter_config["peft_type"] == "LORA"
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    a = tensors["base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"]
+    b = tensors["base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight"]
+    assert a.shape == (4, 32) and b.shape == (32, 4)
+    np.testing.assert_allclose(b @ a, (np.asarray(state.lora["layers"]["attn"]["q_proj"]["lora_a"][1])
+                                       @ np.asarray(state.lora["layers"]["attn"]["q_proj"]["lora_b"][1])).T,
+                               atol=1e-6)

@@ -92,6 +92,12 @@ class SyntheticTask:
     teacher_swap_prob: float = 0.1      # chance per window that the teacher swaps an adjacent pair of its ranking
 
     def __post_init__(self):
+        for name in ("query_words", "passage_words", "num_relevant", "num_decoys"):  # lists from JSON/YAML
+            value = getattr(self, name)
+            if not (isinstance(value, (tuple, list)) and len(value) == 2):
+                raise ValueError(f"SyntheticTask: {name} must be a (low, high) pair, got {value!r}")
+            object.__setattr__(self, name, (int(value[0]), int(value[1])))
+
         def check(ok: bool, what: str):
             if not ok:
                 raise ValueError(f"SyntheticTask: {what}")
