@@ -147,6 +147,18 @@ def test_a_run_directory_resumes_only_its_own_run(uninterrupted, synthetic_model
     assert "optim.lr" in capsys.readouterr().err
 
 
+def test_a_killed_run_resumes_on_another_mesh_shape(synthetic_model, sft_data, uninterrupted, tmp_path):
+    out = tmp_path / "moved"
+    process = _spawn(_argv(synthetic_model, sft_data, out))  # mesh (2, 4, 1)
+    _wait_for_lines(out, 3, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert main(_argv(synthetic_model, sft_data, out, "mesh.data=1", "mesh.fsdp=8")) == 0
+    moved, reference = _metrics(out), _metrics(uninterrupted)
+    assert [m["step"] for m in moved] == [m["step"] for m in reference]
+    np.testing.assert_allclose([m["loss"] for m in moved], [m["loss"] for m in reference], atol=1e-5)
+
+
 def _logits_pair(export_dir, jax_params, cfg):
     """(transformers logits of the export, our logits of `jax_params`) on a ragged batch."""
     import torch

@@ -40,7 +40,7 @@ def run_sft(config: SFTConfig) -> int:  # noqa: C901 - the edge where every side
     model, data, train, lora_cfg = config.model, config.data, config.train, config.lora
     run = OutputDir(train.out, "train sft")
     config_text = to_yaml(config, "train sft")
-    loop.check_same_run(train.out, config_text, "train sft")
+    loop.check_same_run(train.out, config, "train sft")
     try:
         mesh = make_mesh(config.mesh.shape)
     except ValueError as err:

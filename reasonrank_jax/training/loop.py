@@ -85,22 +85,34 @@ class MetricsLog:
         self.writer.close()
 
 
-def check_same_run(run_dir: str, config_text: str, command: str) -> None:
-    """A run directory resumes only the run it holds: the same resolved config (the header line aside)."""
+# Settings a resumed run may change: where and how it runs, not what it trains (a checkpoint restores onto any mesh).
+RESUMABLE_WITH_CHANGES = {"mesh": None, "train": {"micro_batch", "keep", "save_every", "eval_every", "logits_chunk"},
+                          "model": {"remat"}}
+
+
+def check_same_run(run_dir: str, config, command: str) -> None:
+    """A run directory resumes only the run it holds: the same resolved config, except RESUMABLE_WITH_CHANGES."""
+    import dataclasses
+
+    from reasonrank_jax.config import Values, read_yaml_mapping, written_by
+
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8") as f:
-        previous = f.read()
-    strip = lambda text: text.split("\n", 1)[1] if "\n" in text else ""  # noqa: E731
-    if strip(previous) != strip(config_text):
-        import yaml
-
-        old, new = yaml.safe_load(strip(previous)) or {}, yaml.safe_load(strip(config_text)) or {}
-        differing = [f"{s}.{k}" for s in sorted(set(old) | set(new)) if isinstance(new.get(s), dict)
-                     for k in sorted(set(old.get(s) or {}) | set(new[s])) if (old.get(s) or {}).get(k) != new[s].get(k)]
-        raise InputError(f"holds a {command} run with other settings ({', '.join(differing) or 'different'}); "
-                         "use another train.out", path=path, field=differing[0] if differing else None)
+        if written_by(f.read(4096)) != command:
+            raise InputError(f"was not written by 'reasonrank-jax {command}'; use another train.out", path=path)
+    values = Values(type(config))
+    values.set_mapping(read_yaml_mapping(path), path)
+    previous = dataclasses.asdict(values.build(path))
+    for section, fields in dataclasses.asdict(config).items():
+        free = RESUMABLE_WITH_CHANGES.get(section, set())
+        if free is None or not isinstance(fields, dict):
+            continue
+        for key, value in fields.items():
+            if key not in free and previous[section].get(key) != value:
+                raise InputError(f"holds a {command} run with {section}.{key}={previous[section].get(key)!r}, not "
+                                 f"{value!r}; use another train.out", path=path, field=f"{section}.{key}")
 
 
 def format_eta(seconds: float) -> str:
