@@ -97,17 +97,17 @@ class OutputDir:
     """A directory owned by one command (see the module docstring)."""
 
     def __init__(self, path: str, command: str, overwrite: bool = False, field: str = "--out",
-                 legacy_markers: tuple[str, ...] = ()):
+                 legacy_markers: tuple[str, ...] = (), can_overwrite: bool = True):
+        """can_overwrite: whether the command has --overwrite (a training run directory does not: it resumes)."""
         self.path, self.command, self.field = path, command, field
         if os.path.exists(path) and not os.path.isdir(path):
-            raise InputError(f"exists and is not a directory; {_OVERWRITE_HINT} with a directory path",
-                             path=path, field=field)
+            raise InputError("exists and is not a directory; give a directory path", path=path, field=field)
         if os.path.isdir(path) and os.listdir(path) and not overwrite:
             owner = self._owner(legacy_markers)
             if owner != command:
                 held = f"output of 'reasonrank-jax {owner}'" if owner else "files this command did not write"
-                raise InputError(f"holds {held}; use another directory or {_OVERWRITE_HINT}",
-                                 path=path, field=field)
+                hint = f" or {_OVERWRITE_HINT}" if can_overwrite else ""
+                raise InputError(f"holds {held}; use another directory{hint}", path=path, field=field)
 
     def _owner(self, legacy_markers: tuple[str, ...]) -> str | None:
         config = os.path.join(self.path, CONFIG_NAME)

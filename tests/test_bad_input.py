@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import NamedTuple
@@ -30,6 +31,8 @@ class Case(NamedTuple):
 
 RERANK = ("rerank", "--model", "{model}", "--run", "{run}", "--corpus", "{corpus}", "--queries", "{queries}",
           "--max-new-tokens", "4", "--slots", "2", "--dtype", "float32")
+SFT = ("train", "sft", "model.path={model}", "train.out={new_out}", "train.steps=1", "train.global_batch=8",
+       "train.micro_batch=8")
 SYNTH = ("data", "synth", "--endpoint", "http://127.0.0.1:9/v1", "--model", "teacher", "--tokenizer", "{tokenizer}")
 SYNTH_RUN = SYNTH + ("--run", "{run}", "--corpus", "{corpus}", "--queries", "{queries}", "--dataset", "toy")
 
@@ -120,6 +123,25 @@ CASES = [
     Case("synth-truncated-gz-corpus", swap(SYNTH_RUN, "--corpus", "{truncated_gz}") + ("--out", "{new_file}"),
          ("{truncated_gz}",)),
     Case("synth-out-is-the-run", SYNTH_RUN + ("--out", "{run}"), ("{run}", "input")),
+    # train sft
+    Case("sft-no-model", ("train", "sft", "data.path={sft_file}", "train.out={new_out}", "train.steps=1"),
+         ("model.path",)),
+    Case("sft-missing-data", SFT + ("data.path={missing}",), ("{missing}",)),
+    Case("sft-truncated-gz-data", SFT + ("data.path={truncated_gz}",), ("{truncated_gz}",)),
+    Case("sft-malformed-record", SFT + ("data.path={bad_alpaca}",), ("{bad_alpaca}", "output")),
+    Case("sft-row-does-not-fit", SFT + ("data.path={sft_file}", "data.max_length=8", "data.overflow=error"),
+         ("{sft_file}", "data.max_length")),
+    Case("sft-schedule", SFT + ("data.path={sft_file}", "optim.schedule=linear"), ("optim.schedule", "linear")),
+    Case("sft-steps-and-epochs", SFT + ("data.path={sft_file}", "train.epochs=2"), ("only one of",)),
+    Case("sft-micro-batch", SFT + ("data.path={sft_file}", "train.micro_batch=3"), ("train.micro_batch",)),
+    Case("sft-lr-type", SFT + ("data.path={sft_file}", "optim.lr=fast"), ("optim.lr", "number")),
+    Case("sft-out-foreign-dir", SFT[:4] + ("data.path={sft_file}", "train.out={foreign_dir}", "train.steps=1"),
+         ("{foreign_dir}", "another directory")),
+    Case("sft-unknown-section", SFT + ("data.path={sft_file}", "trainer.steps=3"), ("trainer",)),
+    # export
+    Case("export-not-a-run", ("export", "{foreign_dir}", "--out", "{new_out}"), ("{foreign_dir}", "config.yaml")),
+    Case("export-no-out", ("export", "{foreign_dir}"), ("missing required", "out")),
+    Case("export-dtype", ("export", "{foreign_dir}", "--out", "{new_out}", "--dtype", "float16"), ("dtype",)),
 ]
 
 
@@ -153,6 +175,10 @@ def world(tmp_path_factory, tiny_reranker, qwen2_tokenizer_dir):
         shutil.copytree(paths["model"], root / name)
         config = json.loads((root / name / "config.json").read_text())
         (root / name / "config.json").write_text(json.dumps({**config, **bad}))
+    (root / "sft.json").write_text(json.dumps([{"system": "s", "instruction": f"rank {i}", "output": "[1] > [2]"}
+                                               for i in range(8)]))
+    (root / "bad_alpaca.json").write_text(json.dumps([{"system": "s", "instruction": "rank"}]))
+    paths.update(sft_file=str(root / "sft.json"), bad_alpaca=str(root / "bad_alpaca.json"))
     paths.update(truncated_gz=str(root / "truncated.jsonl.gz"), non_utf8=str(root / "non_utf8.jsonl"),
                  empty=str(root / "empty.trec"), empty_dir=str(root / "empty_dir"),
                  foreign_file=str(root / "foreign_run.trec"), foreign_dir=str(foreign),
@@ -175,11 +201,15 @@ def _to_config_form(argv: list[str], tmp_path: Path) -> list[str]:
     """`cmd [sub] --opt value --flag POS` -> `cmd [sub] --config f.yaml POS`: the same settings from YAML."""
     import yaml
 
-    command = argv[:2] if argv[0] == "data" else argv[:1]
+    command = argv[:2] if argv[0] in ("data", "train") else argv[:1]
     settings, positionals, i = {}, [], len(command)
     while i < len(argv):
         arg = argv[i]
-        if arg.startswith("--"):
+        if re.match(r"^[a-z_]+\.[a-z_]+=", arg):  # section.key=value -> a nested mapping
+            key, value = arg.split("=", 1)
+            section, name = key.split(".")
+            settings.setdefault(section, {})[name] = yaml.safe_load(value)
+        elif arg.startswith("--"):
             values = []
             while i + 1 < len(argv) and not argv[i + 1].startswith("--"):
                 values.append(argv[i + 1])

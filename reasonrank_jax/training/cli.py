@@ -38,7 +38,7 @@ def run_sft(config: SFTConfig) -> int:  # noqa: C901 - the edge where every side
     from reasonrank_jax.training.sft import batch_sharding, jit_train_step
 
     model, data, train, lora_cfg = config.model, config.data, config.train, config.lora
-    run = OutputDir(train.out, "train sft")
+    run = OutputDir(train.out, "train sft", field="train.out", can_overwrite=False)
     config_text = to_yaml(config, "train sft")
     loop.check_same_run(train.out, config, "train sft")
     try:
