@@ -20,7 +20,7 @@ def _run(*args):
 def test_help_lists_every_command():
     result = _run("--help")
     assert result.returncode == 0
-    for command in ("smoke", "model-info", "eval", "rerank", "data"):
+    for command in ("smoke", "model-info", "eval", "rerank", "data", "train", "export"):
         assert command in result.stdout
 
 

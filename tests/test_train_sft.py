@@ -225,3 +225,24 @@ def test_lora_run_merged_export_matches_the_jax_lora_model(synthetic_model, sft_
     np.testing.assert_allclose(b @ a, (np.asarray(state.lora["layers"]["attn"]["q_proj"]["lora_a"][1])
                                        @ np.asarray(state.lora["layers"]["attn"]["q_proj"]["lora_b"][1])).T,
                                atol=1e-6)
+
+
+def test_train_from_a_built_sft_dataset_reads_the_same_examples(synthetic_model, sft_data, tmp_path, capsys):
+    from reasonrank_jax.data.sft import read_sft_examples
+    from reasonrank_jax.text import load_tokenizer
+
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    (manual / "sft.json").write_text(sft_data.read_text())
+    assert main(["data", "build", "sft", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "tfds"),
+                 "--tokenizer", str(synthetic_model), "--max-length", "512", "--validation-fraction", "0"]) == 0
+    version_dir = capsys.readouterr().out.strip().splitlines()[-1].removeprefix("wrote ")
+    tokenizer = load_tokenizer(str(synthetic_model))
+    built, _ = read_sft_examples(version_dir, tokenizer, 512)
+    direct, _ = read_sft_examples(str(sft_data), tokenizer, 512)
+    key = lambda e: tuple(e["input_ids"])  # noqa: E731 (the build may reorder records)
+    assert sorted(map(key, built)) == sorted(map(key, direct))
+    assert {key(e): e["prompt_length"] for e in built} == {key(e): e["prompt_length"] for e in direct}
+    out = tmp_path / "run"
+    assert main(_argv(synthetic_model, version_dir, out, "train.steps=1")) == 0
+    assert len(_metrics(out)) == 1
