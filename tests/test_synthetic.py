@@ -113,6 +113,8 @@ def test_record_contents():
         assert r["instruction"].startswith(f"I will provide you with {n} passages")
         assert f"search query: {q.text}.\n" in r["instruction"]
         assert r["output"].startswith("<think>[1] ") and syn.answer_is_valid_permutation(r["output"], n)
+        passages = [q.passages[d] for d in r["initial_list"]]
+        assert r["output"].split("</think>")[0] == "<think>" + syn.think_text(q.words, passages)
         assert r["grades"] == [q.passages[d].grade for d in r["initial_list"]]
     for row in syn.rl_records(SMALL, "heldout"):
         q = data.query(row["qid"])
@@ -121,6 +123,22 @@ def test_record_contents():
         assert {d for d in row["initial_list"] if q.passages[d].grade > 0} == set(row["relevant_docids"])
         ids = [int(t) for t in row["label"].replace("[", " ").replace("]", " ").replace(">", " ").split()]
         assert [row["initial_list"][i - 1] for i in ids] == row["final_list"]
+
+
+def test_think_text():
+    P = syn.Passage
+    passages = [P("a", ("apple", "stone"), ("apple",), 1, 1), P("b", ("the", "cloud"), (), 0, 0),
+                P("c", ("no river", "apple"), ("no river", "apple"), 1, 2)]
+    assert syn.think_text(("apple", "river"), passages) == "[1] apple. [2] none. [3] no river, apple."
+    assert syn.think_text(("apple", "river", "tiger"), passages, "by_word") == \
+        "Matches. apple: [1], [3]. river: no [3]. tiger: none."
+    with pytest.raises(ValueError):
+        syn.think_text(("apple",), passages, "free")
+    other = syn.sft_records(syn.SyntheticTask(seed=3, num_queries=40, think_style="by_word"), "heldout")
+    assert other[0]["output"].startswith("<think>Matches. ")
+    # the template changes the reasoning only: same prompts and rankings
+    assert [(r["instruction"], r["final_list"]) for r in other] == \
+        [(r["instruction"], r["final_list"]) for r in syn.sft_records(SMALL, "heldout")]
 
 
 def test_answer_is_valid_permutation():
@@ -313,6 +331,9 @@ def test_task_validation():
         syn.SyntheticTask(num_relevant=(10, 12), num_decoys=(5, 10))
     with pytest.raises(ValueError):
         syn.SyntheticTask(teacher_swap_prob=1.5)
+    with pytest.raises(ValueError):
+        syn.SyntheticTask(think_style="free")
+    assert syn.SyntheticTask(query_words=[2, 3]) == syn.SyntheticTask()  # lists (JSON, YAML) become tuples
     small_vocab = syn.SyntheticTask(num_topic_words=6, num_queries=10)
     assert all(set(t.split()) <= set(syn.TOPIC_WORDS[:6]) for t in syn.make_corpus(small_vocab)[0].values())
     assert np.isfinite(syn.reference_ndcg(small_vocab, "heldout")["teacher"])

@@ -1,4 +1,4 @@
-"""A synthetic reranking task that a tiny decoder learns in minutes (learning tests, GRPO, the demo).
+"""A synthetic reranking task for the learning tests, GRPO and the end-to-end demo: small enough for a tiny decoder.
 
 It has the real task's shape: queries, a corpus, graded qrels, a noisy first-stage run, sliding windows over it,
 the exact ``rank_GPT_reasoning`` prompt of :mod:`reasonrank_jax.text.prompts`, and responses
@@ -18,12 +18,12 @@ The task, everything a pure function of the :class:`SyntheticTask` parameters (s
   (``first_stage_noise``): informative, fooled by negation, relevant passages spread over the top-k.
 * The **teacher** (the SFT targets, like R1's rankings) reads each window of the sliding-window pass over the first
   stage, writes a templated transcript of the query words each passage mentions (``[1] apple. [2] none.
-  [3] no river, apple.``) and ranks by the number of mentions, ties in window order. It is negation-blind (with
-  probability ``teacher_negation_blind`` per window): a ``no river`` counts as a match. With probability
-  ``teacher_swap_prob`` it also swaps an adjacent pair of its ranking. So the teacher beats the first stage (it
-  removes the noise) but stays well below the oracle (decoys ranked with the relevant passages), and its error is
-  systematic: SFT imitates it, while a reward on the true relevance (GRPO, ``relevant_docids`` = true positives)
-  can learn to demote what the transcript itself marks with ``no``.
+  [3] no river, apple.``, :func:`think_text`) and ranks by the number of mentions, ties in window order. It is
+  negation-blind (with probability ``teacher_negation_blind`` per window): a ``no river`` counts as a match. With
+  probability ``teacher_swap_prob`` it also swaps an adjacent pair of its ranking. So the teacher beats the first
+  stage (it removes the noise) but stays well below the oracle (decoys ranked with the relevant passages), and its
+  error is systematic: SFT imitates it, while a reward on the true relevance (GRPO, ``relevant_docids`` = true
+  positives) can learn to demote what the transcript itself marks with ``no``.
 
 Records: :func:`sft_records` (Alpaca, SPEC §6) and :func:`rl_records` (the RL parquet's rows) hold the windows the
 teacher saw in its sliding-window pass (the inputs an imitating reranker meets at inference), split by query into
@@ -31,6 +31,12 @@ teacher saw in its sliding-window pass (the inputs an imitating reranker meets a
 Hugging Face tokenizer (Qwen2's pre-tokenizer and byte-level BPE, Qwen2.5's chat template, ``<|im_end|>`` as eos) of
 under 500 tokens that round-trips any ASCII text exactly. :func:`reference_ndcg` gives nDCG@10 of the first stage,
 the teacher and the oracle (reasonrank_jax.eval). No jax here.
+
+Defaults (500 queries, 400 train / 100 held out; 5 seeds, held out): nDCG@10 first stage 0.65, teacher 0.79, a
+perfect window reranker 1.00; per window (the reward's nDCG view) input order 0.65, teacher 0.83, oracle 1.00.
+Learnability, measured with a from-scratch torch Qwen2 (d 64-128, 3-4 layers) for 400-600 steps on 2 busy cores:
+the format is learnt first (about 60% valid answers) while the mentions in the think stay mostly ``none``, so the
+matching skill needs a longer run; ``by_word`` reasoning learnt the format more slowly (no valid answer at 400 steps).
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ TOPIC_WORDS = (
 FILLER_WORDS = ("the", "a", "of", "and", "with", "on", "in", "near", "old", "big", "small", "red")
 NEGATION = "no"
 NO_MENTION = "none"
+THINK_STYLES = ("by_passage", "by_word")
+THINK_OPENER = "Matches."
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # the tokenizer's ids 0, 1, 2
 MAX_WINDOW = 20  # SPEC: a window holds at most 20 passages
@@ -90,6 +98,7 @@ class SyntheticTask:
     first_stage_noise: float = 1.0      # std of the Gaussian noise added to the lexical match count
     teacher_negation_blind: float = 1.0  # chance per window that the teacher counts `no X` as a match
     teacher_swap_prob: float = 0.1      # chance per window that the teacher swaps an adjacent pair of its ranking
+    think_style: str = "by_passage"     # the reasoning template: "by_passage" or "by_word" (see think_text)
 
     def __post_init__(self):
         for name in ("query_words", "passage_words", "num_relevant", "num_decoys"):  # lists from JSON/YAML
@@ -120,6 +129,7 @@ class SyntheticTask:
                      "teacher_swap_prob"):
             check(0.0 <= getattr(self, name) <= 1.0, f"{name} must be in [0, 1]")
         check(self.first_stage_noise >= 0.0, "first_stage_noise must be >= 0")
+        check(self.think_style in THINK_STYLES, f"think_style must be one of {', '.join(THINK_STYLES)}")
 
     @property
     def topic_words(self) -> tuple[str, ...]:
@@ -242,8 +252,31 @@ def _make_passage(task: SyntheticTask, rng: np.random.Generator, docid: str, que
     return Passage(docid, tuple(units), mentions, grade, len(mentions))
 
 
-def _teacher_window(task: SyntheticTask, rng: np.random.Generator, passages: dict[str, Passage],
-                    docids: list[str]) -> tuple[list[int], str]:
+def think_text(query_words: Sequence[str], passages: Sequence[Passage], style: str = "by_passage") -> str:
+    """The teacher's templated reasoning about one window (``passages`` in window order, ids 1..n).
+
+    ``by_passage`` (default): for each passage, the query words it mentions, in its order, ``no`` kept:
+    ``[1] apple. [2] none. [3] no river, apple.`` The answer then follows from the entries (most mentions first).
+    ``by_word``: for each query word, the passages that mention it, ``no`` marking a negated mention:
+    ``Matches. apple: [1], [5], no [7]. river: [5].`` (``none`` when no passage mentions it); the opening word makes
+    every query word follow a space, so it is the same token as in the passages. Shorter, but the answer has to
+    merge the lists: tiny models learn the format more slowly with it (see the module docstring).
+    """
+    if style == "by_word":
+        parts = []
+        for word in query_words:
+            hits = [f"{NEGATION} [{i}]" if unit == f"{NEGATION} {word}" else f"[{i}]"
+                    for i, p in enumerate(passages, start=1) for unit in p.units
+                    if unit in (word, f"{NEGATION} {word}")]
+            parts.append(f"{word}: {', '.join(hits) or NO_MENTION}.")
+        return " ".join([THINK_OPENER, *parts])
+    if style == "by_passage":
+        return " ".join(f"[{i}] {', '.join(p.query_mentions) or NO_MENTION}." for i, p in enumerate(passages, start=1))
+    raise ValueError(f"unknown think style {style!r} (known: {', '.join(THINK_STYLES)})")
+
+
+def _teacher_window(task: SyntheticTask, rng: np.random.Generator, query: tuple[str, ...],
+                    passages: dict[str, Passage], docids: list[str]) -> tuple[list[int], str]:
     """(0-based ranking of the window, think text)."""
     blind = rng.random() < task.teacher_negation_blind
     counts = [passages[d].lexical if blind else passages[d].grade for d in docids]
@@ -252,9 +285,7 @@ def _teacher_window(task: SyntheticTask, rng: np.random.Generator, passages: dic
     if rng.random() < task.teacher_swap_prob and len(docids) > 1:
         i = int(rng.integers(max(1, min(matched, len(docids) - 1))))
         order[i], order[i + 1] = order[i + 1], order[i]
-    reasoning = " ".join(f"[{i}] {', '.join(passages[d].query_mentions) or NO_MENTION}."
-                         for i, d in enumerate(docids, start=1))
-    return order, reasoning
+    return order, think_text(query, [passages[d] for d in docids], task.think_style)
 
 
 def _windows(num: int, window: int, step: int) -> list[tuple[int, int]]:
@@ -291,7 +322,7 @@ def _make_query(task: SyntheticTask, index: int) -> SyntheticQuery:
     windows = []
     for start, end in _windows(n, task.window, task.step):
         ids = current[start:end]
-        perm, reasoning = _teacher_window(task, teacher_rng, passages, ids)
+        perm, reasoning = _teacher_window(task, teacher_rng, query, passages, ids)
         ranked = [ids[i] for i in perm]
         windows.append(TeacherWindow(start, end, tuple(ids), tuple(ranked), reasoning))
         current[start:end] = ranked
@@ -558,9 +589,10 @@ def _canonical_texts() -> list[str]:
     from reasonrank_jax.text.prompts import MODES, build_messages
 
     texts = []
-    for r in sft_records(SyntheticTask(seed=0, num_queries=100), "all"):
-        messages = [{"role": "system", "content": r["system"]}, {"role": "user", "content": r["instruction"]}]
-        texts.append(_chatml(messages, r["output"]))
+    for style in THINK_STYLES:
+        for r in sft_records(SyntheticTask(seed=0, num_queries=100, think_style=style), "all"):
+            messages = [{"role": "system", "content": r["system"]}, {"role": "user", "content": r["instruction"]}]
+            texts.append(_chatml(messages, r["output"]))
     passages = [{"text": "apple river"}, {"title": "stone", "text": "no cloud"}]
     for mode in MODES:
         texts.append(_chatml(build_messages(_IdentityTokenizer(), "apple river", passages, mode=mode)))
