@@ -61,3 +61,21 @@ def test_bench_decode_tiny_run_prints_a_row():
     assert (prompt, new, batch) == ("16", "8", "2")
     assert float(ours) > 0 and float(theirs) > 0
     assert abs(float(ratio.rstrip("x")) - float(ours) / float(theirs)) < 0.01
+
+
+def test_bench_sft_tiny_run_prints_a_row_with_ratio_and_agreeing_losses():
+    env = {k: v for k, v in os.environ.items() if k != "TUNIX_PYTHON"}  # no Tunix here: ours against torch
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_sft.py"), "--sizes", "tiny", "--batch", "2", "--seq", "64",
+         "--steps", "1", "--repeats", "1"],
+        capture_output=True, text=True, timeout=300, env={**env, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr
+    assert "(1 cpu device)" in out.stdout  # the tests' 8 virtual devices are not what is benchmarked
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.stdout.splitlines()
+            if line.startswith("| tiny | qwen2 |") and "| all |" in line]
+    assert len(rows) == 1
+    _, _, _, shape, _, ours, theirs, tunix, ratio, tunix_ratio, _, _ = rows[0]
+    assert shape == "2x64" and tunix == tunix_ratio == "-"
+    assert float(ours) > 0 and float(theirs) > 0
+    assert abs(float(ratio.rstrip("x")) / (float(ours) / float(theirs)) - 1) < 0.02  # tokens/s are rounded
+    assert "within 0.0001: True" in out.stdout  # same weights, same batch: the same first-step loss
