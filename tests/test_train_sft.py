@@ -200,7 +200,7 @@ def test_lora_run_merged_export_matches_the_jax_lora_model(synthetic_model, sft_
     from reasonrank_jax.models.lora import merge_lora
     from reasonrank_jax.training import setup
     from reasonrank_jax.training.checkpoint import Checkpointer
-    from reasonrank_jax.training.export import read_run_config
+    from reasonrank_jax.training.setup import read_run_config
     from reasonrank_jax.sharding import make_mesh
 
     run = tmp_path / "lora_run"

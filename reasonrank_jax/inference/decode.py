@@ -76,9 +76,12 @@ def cache_segments(prompt_len: int, max_new_tokens: int, minimum: int | None = N
     return tuple(sizes[1:])
 
 
-def prefill(cfg: ModelConfig, params, ids_bp, mask_bp, cache_len: int, key, sampling: SamplingParams):
+def prefill(cfg: ModelConfig, params, ids_bp, mask_bp, cache_len: int, key, sampling: SamplingParams,
+            samples: int = 1):
     """Run the prompts through the model into a fresh cache of `cache_len` slots and choose each first token.
 
+    samples > 1: each prompt is prefilled once and its cache row copied to `samples` consecutive rows (GRPO's
+    rollouts of one prompt), each choosing its own first token; the outputs then have b * samples rows.
     Returns (cache, kv_mask_bs, first_token_b, first_logprob_b, next_position_b). Traceable (call inside jit).
     """
     b, p = ids_bp.shape
@@ -87,19 +90,23 @@ def prefill(cfg: ModelConfig, params, ids_bp, mask_bp, cache_len: int, key, samp
     positions_bp = jnp.maximum(jnp.cumsum(mask_bp, axis=1) - 1, 0)
     logits, cache = forward_cached(cfg, params, ids_bp, positions_bp, cache, jnp.zeros(b, jnp.int32), kv_mask_bs,
                                    last_only=True)
+    if samples > 1:
+        cache = map_cache(lambda c, _: jnp.repeat(c, samples, axis=0), cache)
+        kv_mask_bs, logits, mask_bp = (jnp.repeat(x, samples, axis=0) for x in (kv_mask_bs, logits, mask_bp))
     token_b, logprob_b = next_token(logits[:, 0], key, sampling)
     return cache, kv_mask_bs, token_b, logprob_b, jnp.sum(mask_bp, axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "cache_lens", "max_new_tokens", "sampling", "num_eos",
-                                             "with_logprobs"))
+                                             "with_logprobs", "samples"))
 def _generate(cfg, params, ids_bp, mask_bp, eos_e, key, *, cache_lens, max_new_tokens, sampling, num_eos,
-              with_logprobs):
-    b, p = ids_bp.shape
+              with_logprobs, samples=1):
+    prompts, p = ids_bp.shape
+    b = prompts * samples
     key, first_key = jax.random.split(key)
     cache, kv_mask, token, logprob, position = prefill(cfg, params, ids_bp, mask_bp, cache_lens[0], first_key,
-                                                      sampling)
-    live = jnp.any(mask_bp, axis=1)  # padding rows of the batch bucket are finished from the start
+                                                      sampling, samples)
+    live = jnp.repeat(jnp.any(mask_bp, axis=1), samples)  # padding rows of the batch bucket are finished at once
     tokens_bn = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(token)
     logprobs_bn = jnp.zeros((b, max_new_tokens), jnp.float32).at[:, 0].set(logprob)
     is_eos = jnp.any(token[:, None] == eos_e, axis=1) if num_eos else jnp.zeros(b, bool)
@@ -144,11 +151,14 @@ def _generate(cfg, params, ids_bp, mask_bp, eos_e, key, *, cache_lens, max_new_t
 
 def generate(cfg: ModelConfig, params, prompts: list[list[int]], max_new_tokens: int, eos_ids: list[int],
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, seed: int = 0,
-             *, return_logprobs: bool = False, mesh=None):
+             *, return_logprobs: bool = False, mesh=None, samples: int = 1, key=None,
+             scaled_logprobs: bool = False):
     """New tokens per prompt, up to and including the first EOS (eos_ids=[] never stops early).
 
     temperature 0 is greedy. return_logprobs=True also returns each token's log-probability under the model
-    (raw logits, temperature 1). The batch is padded to a power of two, prompts to a length bucket
+    (raw logits, temperature 1; with scaled_logprobs, under logits / temperature, the distribution GRPO's policy
+    is). samples > 1: that many outputs per prompt (prompt-major: prompt i's are rows i*samples ...), the prompt
+    prefilled once and its KV cache shared by its samples. key: a jax PRNG key (default PRNGKey(seed)). The batch is padded to a power of two, prompts to a length bucket
     (`bucket_length`); the cache grows in segments (`cache_segments`) up to bucket + max_new_tokens slots.
     With a `mesh` ("data", "fsdp", "tensor"), the batch (and so the KV cache) is split over the data-parallel axes
     ("data", "fsdp"); place params with `reasonrank_jax.sharding.shard_params`. Stacked params are converted to the
@@ -160,11 +170,13 @@ def generate(cfg: ModelConfig, params, prompts: list[list[int]], max_new_tokens:
         return ([], []) if return_logprobs else []
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    sampling = SamplingParams(float(temperature), float(top_p), int(top_k), float(min_p))
+    if samples < 1:
+        raise ValueError("samples must be >= 1")
+    sampling = SamplingParams(float(temperature), float(top_p), int(top_k), float(min_p), bool(scaled_logprobs))
     p = bucket_length(max(len(x) for x in prompts))
     b = bucket_length(len(prompts), minimum=1)
     data_parallel = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
-    b = -(-b // data_parallel) * data_parallel
+    b = -(-b // data_parallel) * data_parallel  # the prompt rows are split over the data axes (and so their samples)
     ids, mask = (jnp.asarray(x) for x in left_pad(prompts, p, b))
     if mesh is not None:
         from reasonrank_jax.sharding import batch_sharding
@@ -172,10 +184,11 @@ def generate(cfg: ModelConfig, params, prompts: list[list[int]], max_new_tokens:
         ids, mask = jax.device_put((ids, mask), batch_sharding(mesh))
     eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)
     tokens, logprobs, lengths = jax.device_get(_generate(
-        cfg, decode_params(params), ids, mask, eos, jax.random.PRNGKey(seed),
+        cfg, decode_params(params), ids, mask, eos, jax.random.PRNGKey(seed) if key is None else key,
         cache_lens=cache_segments(p, max_new_tokens), max_new_tokens=int(max_new_tokens), sampling=sampling,
-        num_eos=len(eos_ids), with_logprobs=return_logprobs))
-    outputs = [tokens[row, :lengths[row]].tolist() for row in range(len(prompts))]
+        num_eos=len(eos_ids), with_logprobs=return_logprobs, samples=int(samples)))
+    rows = range(len(prompts) * samples)
+    outputs = [tokens[row, :lengths[row]].tolist() for row in rows]
     if return_logprobs:
-        return outputs, [logprobs[row, :lengths[row]].tolist() for row in range(len(prompts))]
+        return outputs, [logprobs[row, :lengths[row]].tolist() for row in rows]
     return outputs

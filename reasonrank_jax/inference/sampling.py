@@ -19,6 +19,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     min_p: float = 0.0
+    scaled_logprobs: bool = False  # report log-probs under logits / temperature (GRPO's policy), not the raw ones
 
     def __post_init__(self):
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or not 0 <= self.min_p <= 1:
@@ -61,11 +62,15 @@ def greedy_token(logits_bv):
 
 def next_token(logits_bv, key, params: SamplingParams):
     """(token_b, logprob_b): the chosen token and its log-probability under the raw model distribution (temperature
-    1, no filters), which is what GRPO's importance ratios compare."""
+    1, no filters), or with `scaled_logprobs` under logits / temperature (no filters), which is the policy GRPO's
+    trainer scores (verl divides the logits by the rollout temperature too)."""
     if params.greedy:
         token_b = greedy_token(logits_bv)
     else:
         token_b = jax.random.categorical(key, filtered_logits(logits_bv, params), axis=-1)
-    logprob_b = jnp.take_along_axis(jax.nn.log_softmax(logits_bv.astype(jnp.float32), axis=-1),
+    logits_bv = logits_bv.astype(jnp.float32)
+    if params.scaled_logprobs and not params.greedy and params.temperature != 1.0:
+        logits_bv = logits_bv / params.temperature
+    logprob_b = jnp.take_along_axis(jax.nn.log_softmax(logits_bv, axis=-1),
                                     token_b[:, None], axis=-1)[:, 0]
     return token_b.astype(jnp.int32), logprob_b

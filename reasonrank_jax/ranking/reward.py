@@ -83,8 +83,9 @@ def _distinct_count(ids_n, length, num_ids):
     return jnp.sum(present)
 
 
-def multiview_reward(parsed: ParsedResponse, weights=MULTIVIEW_WEIGHTS, rbo_p: float = 1.0, k: int = 10):
-    """In-graph reward of one rollout (jit- and vmap-able; vmap over [batch, group] for GRPO)."""
+def reward_views(parsed: ParsedResponse, weights=MULTIVIEW_WEIGHTS, rbo_p: float = 1.0, k: int = 10) -> dict:
+    """In-graph reward of one rollout and its parts (jit- and vmap-able): "reward" (SPEC §4), "ndcg", "recall",
+    "rbo" (each 0 unless the answer is a valid permutation), "format_ok" and "valid" (bools)."""
     n = parsed.pred_ids.shape[-1]
     positions = jnp.arange(n)
     pred_valid = positions < parsed.pred_len
@@ -93,16 +94,24 @@ def multiview_reward(parsed: ParsedResponse, weights=MULTIVIEW_WEIGHTS, rbo_p: f
     same_distinct = (_distinct_count(parsed.pred_ids, parsed.pred_len, num_ids)
                      == _distinct_count(parsed.label_ids, parsed.label_len, num_ids))
     in_range = jnp.all(~pred_valid | ((parsed.pred_ids >= 1) & (parsed.pred_ids <= parsed.num)))
-    valid = same_count & same_distinct & in_range & (parsed.pred_len <= n)
+    valid = parsed.format_ok & same_count & same_distinct & in_range & (parsed.pred_len <= n)
 
     rel_n = parsed.rel_by_id[jnp.clip(parsed.pred_ids, 0, n)] * pred_valid
     ndcg = ndcg_at_k(rel_n, parsed.num_relevant, k, pred_valid)
     recall = recall_at_k(rel_n, parsed.num_relevant, k, pred_valid)
     rbo = rank_biased_overlap(parsed.pred_ids, parsed.label_ids, jnp.minimum(parsed.pred_len, n), parsed.label_len,
                               p=rbo_p, num_ids=num_ids)
+    ndcg, recall, rbo = (jnp.where(valid, x, 0.0) for x in (ndcg, recall, rbo))
     w_ndcg, w_recall, w_rbo = weights
     combined = w_ndcg * ndcg + w_recall * recall + w_rbo * rbo
-    return jnp.where(parsed.format_ok, jnp.where(valid, combined, 0.0), -1.0)
+    reward = jnp.where(parsed.format_ok, jnp.where(valid, combined, 0.0), -1.0)
+    return {"reward": reward, "ndcg": ndcg, "recall": recall, "rbo": rbo, "format_ok": parsed.format_ok,
+            "valid": valid}
+
+
+def multiview_reward(parsed: ParsedResponse, weights=MULTIVIEW_WEIGHTS, rbo_p: float = 1.0, k: int = 10):
+    """In-graph reward of one rollout (jit- and vmap-able; vmap over [batch, group] for GRPO)."""
+    return reward_views(parsed, weights, rbo_p, k)["reward"]
 
 
 _jitted_reward = jax.jit(multiview_reward, static_argnames=("weights", "rbo_p", "k"))

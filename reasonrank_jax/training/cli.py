@@ -1,16 +1,24 @@
-"""`reasonrank-jax train sft --config FILE.yaml [section.key=value ...]`: cold-start SFT, full or LoRA.
+"""`reasonrank-jax train sft|grpo --config FILE.yaml [section.key=value ...]`: cold-start SFT (full or LoRA), and
+GRPO with the multi-view reward (training/grpo/run.py).
 
-Sections (training/sections.py): model, data, train, optim, lora, mesh. The run directory and resume: see
+Sections (training/sections.py): model, data, train, optim, lora, mesh (+ grpo). The run directory and resume: see
 training/loop.py.
 """
 
 from __future__ import annotations
 
-from reasonrank_jax.training.sections import SFTConfig
+from reasonrank_jax.training.sections import GRPOConfig, SFTConfig
 
 SUBCOMMANDS = {
     "sft": (SFTConfig, "run_sft", "supervised fine-tuning on teacher reasoning (full or LoRA), resumable"),
+    "grpo": (GRPOConfig, "run_grpo", "GRPO with the multi-view ranking reward, rollouts on our decoder, resumable"),
 }
+
+
+def run_grpo(config: GRPOConfig) -> int:
+    from reasonrank_jax.training.grpo.run import run_grpo as run
+
+    return run(config)
 
 
 def _load_examples(path: str, tokenizer, data, what: str):
@@ -50,7 +58,7 @@ def run_sft(config: SFTConfig) -> int:  # noqa: C901 - the edge where every side
         raise InputError(f"must be a multiple of the data-parallel devices (mesh.data x mesh.fsdp = "
                          f"{data_parallel}), got {train.micro_batch}", field="train.micro_batch")
 
-    tokenizer = load_tokenizer(model.tokenizer or model.path)
+    tokenizer = load_tokenizer(setup.tokenizer_dir(model))
     examples, counts = _load_examples(data.path, tokenizer, data, "data.path")
     heldout = _load_examples(data.heldout, tokenizer, data, "data.heldout")[0] if data.heldout else None
     lengths = [len(e["input_ids"]) for e in examples]

@@ -20,7 +20,7 @@ from reasonrank_jax.training.sections import DTYPES
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
     run_dir: str | None = option(positional=True, required=True, metavar="RUN_DIR",
-                                 help="a `train sft` run directory (config.yaml + checkpoints/)")
+                                 help="a `train sft` or `train grpo` run directory (config.yaml + checkpoints/)")
     out: str | None = option(required=True, metavar="HF_DIR", help="output directory: new, empty, or an earlier "
                                                                     "export's")
     step: int | None = option(min=0, help="checkpoint step (default: the latest complete one)")
@@ -31,22 +31,6 @@ class ExportConfig:
 
 
 CONFIG = ExportConfig
-
-
-def read_run_config(run_dir: str):
-    """The resolved SFTConfig a run directory was trained with."""
-    from reasonrank_jax.config import Values, read_yaml_mapping, written_by
-    from reasonrank_jax.training.sections import SFTConfig
-
-    path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(path):
-        raise InputError("not a training run directory (no config.yaml)", path=run_dir)
-    with open(path, encoding="utf-8") as f:
-        if written_by(f.read(4096)) != "train sft":
-            raise InputError("was not written by 'reasonrank-jax train sft'", path=path)
-    values = Values(SFTConfig)
-    values.set_mapping(read_yaml_mapping(path), path)
-    return values.build(path)
 
 
 def peft_tensors(lora, num_layers: int) -> dict:
@@ -90,29 +74,19 @@ def main(args: ExportConfig) -> int:
     from reasonrank_jax.outputs import OutputDir
     from reasonrank_jax.sharding import make_mesh
     from reasonrank_jax.training import setup
-    from reasonrank_jax.training.checkpoint import Checkpointer
 
-    config = read_run_config(args.run_dir)
+    config = setup.read_run_config(args.run_dir)
     out = OutputDir(args.out, "export", args.overwrite)
     adapter = OutputDir(args.adapter, "export", args.overwrite, field="--adapter") if args.adapter else None
     parse_size(args.max_shard_size)
     if adapter and config.lora.rank == 0:
         raise InputError("the run is full fine-tuning: there is no adapter to write", field="--adapter")
-    checkpoints = os.path.join(args.run_dir, "checkpoints")
-    checkpointer = Checkpointer(checkpoints, keep=None)
-    steps = checkpointer.steps()
-    step = steps[-1] if steps and args.step is None else args.step
-    if step is None or step not in steps:
-        raise InputError(f"no complete checkpoint of step {step}; complete: {steps or 'none'}", path=checkpoints,
-                         field="--step")
-    prepared = setup.prepare(config, make_mesh(), total_steps=1)
-    state = setup.restore(prepared, checkpointer, step)
-    checkpointer.close()
+    prepared, state, step = setup.restore_run(args.run_dir, make_mesh(), args.step)
     params = merge_lora(state.params, state.lora, prepared.spec.lora_scale) if prepared.use_lora else state.params
     params = jax.device_get(params)
     out.record_config(args)
     files = save_pretrained(prepared.spec.cfg, params, args.out, max_shard_size=args.max_shard_size,
-                            dtype=args.dtype, tokenizer_dir=config.model.tokenizer or config.model.path)
+                            dtype=args.dtype, tokenizer_dir=setup.tokenizer_dir(config.model))
     print(f"exported step {step} of {args.run_dir} to {args.out}: {len(files)} weight file(s)")
     if adapter:
         adapter.record_config(args)

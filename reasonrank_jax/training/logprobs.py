@@ -22,27 +22,45 @@ def head_kernel(cfg: ModelConfig, params):
     return params["lm_head"]["kernel"]
 
 
-def _chunk_logprobs(x_bcd, kernel_dv, targets_bc, dtype):
+def _chunk_logprobs(x_bcd, kernel_dv, targets_bc, dtype, temperature):
     logits_bcv = jnp.dot(x_bcd.astype(dtype), kernel_dv.astype(dtype)).astype(jnp.float32)
+    if temperature != 1.0:
+        logits_bcv = logits_bcv / temperature
     logz_bc = jax.nn.logsumexp(logits_bcv, axis=-1)
     picked_bc = jnp.take_along_axis(logits_bcv, targets_bc[..., None], axis=-1)[..., 0]
     return picked_bc - logz_bc
 
 
-def next_token_logprobs(cfg: ModelConfig, params, input_ids_bt, attention_mask_bt, chunk: int = 1024):
-    """[batch, seq]: position t holds log p(input_ids[t] | input_ids[:t]); position 0 holds 0."""
-    hidden_btd = forward(cfg, params, input_ids_bt, attention_mask_bt, return_hidden=True)
-    b, t, d = hidden_btd.shape
-    x_btd, targets_bt = hidden_btd[:, :-1], input_ids_bt[:, 1:]
-    chunk = min(chunk, t - 1) if t > 1 else 1
-    pad = -(t - 1) % chunk
+def head_logprobs(cfg: ModelConfig, params, x_btd, targets_bt, chunk: int = 1024, temperature: float = 1.0):
+    """[batch, t]: log softmax(head(x[:, i]) / temperature)[targets[:, i]], `chunk` positions at a time."""
+    b, t, d = x_btd.shape
+    chunk = max(min(chunk, t), 1)
+    pad = -t % chunk
     x_btd = jnp.pad(x_btd, ((0, 0), (0, pad), (0, 0)))
     targets_bt = jnp.pad(targets_bt, ((0, 0), (0, pad)))
-    n = (t - 1 + pad) // chunk
+    n = (t + pad) // chunk
     xs_nbcd = x_btd.reshape(b, n, chunk, d).transpose(1, 0, 2, 3)
     targets_nbc = targets_bt.reshape(b, n, chunk).transpose(1, 0, 2)
     kernel_dv = head_kernel(cfg, params)
-    one = jax.checkpoint(lambda x, y: _chunk_logprobs(x, kernel_dv, y, jnp.dtype(cfg.dtype)))
+    one = jax.checkpoint(lambda x, y: _chunk_logprobs(x, kernel_dv, y, jnp.dtype(cfg.dtype), float(temperature)))
     logprobs_nbc = jax.lax.map(lambda xy: one(*xy), (xs_nbcd, targets_nbc))
-    logprobs_bt = logprobs_nbc.transpose(1, 0, 2).reshape(b, n * chunk)[:, : t - 1]
+    return logprobs_nbc.transpose(1, 0, 2).reshape(b, n * chunk)[:, :t]
+
+
+def next_token_logprobs(cfg: ModelConfig, params, input_ids_bt, attention_mask_bt, chunk: int = 1024):
+    """[batch, seq]: position t holds log p(input_ids[t] | input_ids[:t]); position 0 holds 0."""
+    hidden_btd = forward(cfg, params, input_ids_bt, attention_mask_bt, return_hidden=True)
+    if hidden_btd.shape[1] < 2:
+        return jnp.zeros(input_ids_bt.shape, jnp.float32)
+    logprobs_bt = head_logprobs(cfg, params, hidden_btd[:, :-1], input_ids_bt[:, 1:], chunk)
     return jnp.pad(logprobs_bt, ((0, 0), (1, 0)))
+
+
+def response_logprobs(cfg: ModelConfig, params, input_ids_bt, attention_mask_bt, response_len: int,
+                      chunk: int = 1024, temperature: float = 1.0):
+    """[batch, response_len]: log-probs of the last `response_len` tokens of each row ([prompt | response] rows,
+    prompts left-padded), under softmax(logits / temperature). The head runs on those positions only."""
+    hidden_btd = forward(cfg, params, input_ids_bt, attention_mask_bt, return_hidden=True)
+    t = input_ids_bt.shape[1]
+    x_brd = hidden_btd[:, t - response_len - 1: t - 1]
+    return head_logprobs(cfg, params, x_brd, input_ids_bt[:, t - response_len:], chunk, temperature)

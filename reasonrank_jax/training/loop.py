@@ -46,15 +46,18 @@ def compiled_flops(compiled) -> float | None:
 
 class MetricsLog:
     """metrics.jsonl (appended, flushed per line) and TensorBoard scalars. On resume, lines of steps after the
-    restored checkpoint are dropped (they are recomputed, identically)."""
+    restored checkpoint are dropped (they are recomputed, identically). `name` and `tensorboard=False` give other
+    per-step logs of a run (e.g. GRPO's eval.jsonl)."""
 
-    def __init__(self, run_dir: str, resume_step: int):
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+    def __init__(self, run_dir: str, resume_step: int, name: str = "metrics.jsonl", tensorboard: bool = True):
+        self.path = os.path.join(run_dir, name)
         self._keep_until(resume_step)
         self.file = open(self.path, "a", encoding="utf-8")
-        from tensorboardX import SummaryWriter
+        self.writer = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
 
-        self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+            self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
 
     def _keep_until(self, step: int) -> None:
         if not os.path.exists(self.path):
@@ -76,13 +79,14 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        for key, value in record.items():
+        for key, value in record.items() if self.writer else ():
             if key != "step" and isinstance(value, (int, float)):
                 self.writer.add_scalar(f"train/{key}", value, record["step"])
 
     def close(self) -> None:
         self.file.close()
-        self.writer.close()
+        if self.writer:
+            self.writer.close()
 
 
 # Settings a resumed run may change: where and how it runs, not what it trains (a checkpoint restores onto any mesh).

@@ -1,5 +1,5 @@
-"""Config sections of the training commands (`train sft`; GRPO reuses them): model, data, train, optim, lora,
-mesh. Set in YAML as nested mappings or on the command line as `section.key=value`. No jax import here."""
+"""Config sections of the training commands: `train sft` (model, data, train, optim, lora, mesh) and `train grpo`
+(the same model, lora and mesh; its own data, train and optim defaults; and grpo). Set in YAML as nested mappings or on the command line as `section.key=value`. No jax import here."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ LORA_TARGET_NAMES = ("q", "k", "v", "o", "gate", "up", "down")  # reasonrank_jax
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
-    path: str | None = option(required=True, help="Hugging Face checkpoint directory (the base model)")
+    path: str | None = option(required=True, help="the starting model: a Hugging Face checkpoint directory, or a "
+                                                   "`train` run directory (its latest checkpoint, LoRA merged)")
     tokenizer: str | None = option(help="tokenizer directory (default: model.path)")
     dtype: str = option("float32", choices=DTYPES, help="compute dtype")
     param_dtype: str = option("float32", choices=DTYPES, help="dtype of the weights the optimizer updates")
@@ -99,3 +100,72 @@ class SFTConfig:
     optim: OptimSection = section(OptimSection)
     lora: LoraSection = section(LoraSection)
     mesh: MeshSection = section(MeshSection)
+
+
+@dataclasses.dataclass(frozen=True)
+class RLDataSection:
+    path: str | None = option(required=True, help="RL rows (SPEC §6: prompt, label, initial_list, relevant_docids; "
+                                                   "parquet or JSON lines) or a built TFDS rl dataset directory")
+    heldout: str | None = option(help="RL rows answered greedily every train.eval_every steps and at the end "
+                                      "(heldout_reward, heldout_ndcg, heldout_valid_rate)")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOTrainSection:
+    out: str | None = option(required=True, help="run directory: config.yaml, metrics.jsonl, checkpoints/, "
+                                                  "tensorboard/; rerun the same command to resume")
+    steps: int | None = option(min=1, help="GRPO steps (each: rollouts, then grpo.prompts_per_step / "
+                                           "grpo.mini_batch updates)")
+    epochs: int | None = option(min=1, help="passes over the prompts (instead of steps)")
+    micro_batch: int = option(8, min=1, help="sequences (prompt + rollout) per forward pass over the whole mesh")
+    seed: int = option(0, min=0, help="prompt order, rollout sampling (keyed by seed and step), adapter init")
+    save_every: int = option(25, min=1, help="checkpoint every N steps (and at the end)")
+    keep: int = option(3, min=1, help="checkpoints kept")
+    eval_every: int = option(0, min=0, help="held-out rewards every N steps (0: at the end only)")
+    logits_chunk: int = option(1024, min=1, help="positions per chunk of the output projection in the log-probs")
+
+    ONE_OF = (OneOf(("steps", "epochs")),)
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOOptimSection(OptimSection):
+    lr: float = option(1e-6, min=0.0, help="peak learning rate (SPEC §5: 1e-6 full, 1e-5 LoRA)")
+    schedule: str = option("constant", choices=("cosine", "constant"), help="after the warmup")
+    warmup_ratio: float = option(0.0, min=0.0, max=1.0, help="share of the steps spent warming up linearly")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSection:
+    prompts_per_step: int = option(16, min=1, help="prompts sampled per step")
+    rollouts: int = option(8, min=1, help="rollouts per prompt (a group)")
+    mini_batch: int = option(8, min=1, help="prompts per update (prompts_per_step / mini_batch updates a step)")
+    clip: float = option(0.2, min=0.0, max=1.0, help="PPO ratio clip epsilon")
+    clip_c: float = option(3.0, min=1.0, help="dual-clip bound c for negative advantages")
+    kl_coef: float = option(0.001, min=0.0, help="coefficient of the k3 KL loss to the reference")
+    temperature: float = option(1.0, min=1e-3, help="rollout sampling temperature (top_p 1)")
+    max_prompt: int = option(20480, min=1, help="prompts over this many tokens are filtered out (counted)")
+    max_response: int = option(3072, min=1, help="max new tokens per rollout")
+    reward: str = option("multiview", choices=("multiview", "ndcg"),
+                         help="nDCG@10 + 0.2 Recall@10 + 0.1 RBO, or nDCG@10 alone (the ablation)")
+
+    def check(self) -> None:
+        if self.prompts_per_step % self.mini_batch:
+            raise ConfigCheckError("mini_batch", f"must divide grpo.prompts_per_step ({self.prompts_per_step}), "
+                                                 f"got {self.mini_batch}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    model: ModelSection = section(ModelSection)
+    data: RLDataSection = section(RLDataSection)
+    train: GRPOTrainSection = section(GRPOTrainSection)
+    optim: GRPOOptimSection = section(GRPOOptimSection)
+    lora: LoraSection = section(LoraSection)
+    mesh: MeshSection = section(MeshSection)
+    grpo: GRPOSection = section(GRPOSection)
+
+    def check(self) -> None:
+        rows = self.grpo.mini_batch * self.grpo.rollouts
+        if rows % self.train.micro_batch:
+            raise ConfigCheckError("train.micro_batch", f"must divide the sequences of an update (grpo.mini_batch x "
+                                                        f"grpo.rollouts = {rows}), got {self.train.micro_batch}")
