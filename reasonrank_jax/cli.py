@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("reasonrank_jax.eval.cli", "evaluate TREC runs against qrels or BRIGHT examples"),
     "rerank": ("reasonrank_jax.inference.cli", "sliding-window rerank of a first-stage run"),
     "data": ("reasonrank_jax.data.cli", "build, filter, inspect and synthesize training data"),
-    "train": ("reasonrank_jax.training.cli", "train a reranker: SFT (full or LoRA) on the device mesh, resumable"),
+    "train": ("reasonrank_jax.training.cli", "train a reranker: SFT (full or LoRA) and GRPO on the device mesh, resumable"),
     "export": ("reasonrank_jax.training.export", "write a trained checkpoint as a Hugging Face model (LoRA merged)"),
 }
 

@@ -33,6 +33,8 @@ RERANK = ("rerank", "--model", "{model}", "--run", "{run}", "--corpus", "{corpus
           "--max-new-tokens", "4", "--slots", "2", "--dtype", "float32")
 SFT = ("train", "sft", "model.path={model}", "train.out={new_out}", "train.steps=1", "train.global_batch=8",
        "train.micro_batch=8")
+GRPO = ("train", "grpo", "model.path={model}", "train.out={new_out}", "train.steps=1", "train.micro_batch=8",
+        "grpo.prompts_per_step=2", "grpo.rollouts=4", "grpo.mini_batch=2")
 SYNTH = ("data", "synth", "--endpoint", "http://127.0.0.1:9/v1", "--model", "teacher", "--tokenizer", "{tokenizer}")
 SYNTH_RUN = SYNTH + ("--run", "{run}", "--corpus", "{corpus}", "--queries", "{queries}", "--dataset", "toy")
 
@@ -138,6 +140,23 @@ CASES = [
     Case("sft-out-foreign-dir", SFT[:4] + ("data.path={sft_file}", "train.out={foreign_dir}", "train.steps=1"),
          ("{foreign_dir}", "another directory")),
     Case("sft-unknown-section", SFT + ("data.path={sft_file}", "trainer.steps=3"), ("trainer",)),
+    # train grpo
+    Case("grpo-no-model", ("train", "grpo", "data.path={rl_file}", "train.out={new_out}", "train.steps=1"),
+         ("missing required", "model.path")),
+    Case("grpo-missing-data", GRPO + ("data.path={missing}",), ("{missing}",)),
+    Case("grpo-row-without-label", GRPO + ("data.path={bad_rl}",), ("{bad_rl}:2", "label")),
+    Case("grpo-prompt-not-messages", GRPO + ("data.path={bad_rl_prompt}",), ("{bad_rl_prompt}", "prompt")),
+    Case("grpo-heldout-missing", GRPO + ("data.path={rl_file}", "data.heldout={missing}"), ("{missing}",)),
+    Case("grpo-mini-batch", GRPO + ("data.path={rl_file}", "grpo.mini_batch=3"), ("grpo.mini_batch",)),
+    Case("grpo-micro-batch", GRPO + ("data.path={rl_file}", "train.micro_batch=3"), ("train.micro_batch",)),
+    Case("grpo-reward", GRPO + ("data.path={rl_file}", "grpo.reward=mrr"), ("grpo.reward", "mrr")),
+    Case("grpo-temperature", GRPO + ("data.path={rl_file}", "grpo.temperature=0"), ("grpo.temperature",)),
+    Case("grpo-too-few-prompts", GRPO + ("data.path={rl_file}", "grpo.prompts_per_step=64", "grpo.mini_batch=8"),
+         ("{rl_file}", "grpo.prompts_per_step")),
+    Case("grpo-every-prompt-too-long", GRPO + ("data.path={rl_file}", "grpo.max_prompt=4"),
+         ("{rl_file}", "no usable prompts")),
+    Case("grpo-out-foreign-dir", GRPO[:3] + ("data.path={rl_file}", "train.out={foreign_dir}", "train.steps=1"),
+         ("{foreign_dir}", "another directory")),
     # export
     Case("export-not-a-run", ("export", "{foreign_dir}", "--out", "{new_out}"), ("{foreign_dir}", "config.yaml")),
     Case("export-no-out", ("export", "{foreign_dir}"), ("missing required", "out")),
@@ -179,6 +198,14 @@ def world(tmp_path_factory, tiny_reranker, qwen2_tokenizer_dir):
                                                for i in range(8)]))
     (root / "bad_alpaca.json").write_text(json.dumps([{"system": "s", "instruction": "rank"}]))
     paths.update(sft_file=str(root / "sft.json"), bad_alpaca=str(root / "bad_alpaca.json"))
+    rl_rows = [{"prompt": [{"role": "user", "content": f"rank {i}: [1] a [2] b"}], "label": "[2] > [1]",
+                "initial_list": ["d1", "d2"], "relevant_docids": ["d2"]} for i in range(8)]
+    (root / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rl_rows))
+    (root / "bad_rl.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if i != 1 or k != "label"})
+                                               + "\n" for i, r in enumerate(rl_rows)))
+    (root / "bad_rl_prompt.jsonl").write_text(json.dumps({**rl_rows[0], "prompt": 42}) + "\n")
+    paths.update(rl_file=str(root / "rl.jsonl"), bad_rl=str(root / "bad_rl.jsonl"),
+                 bad_rl_prompt=str(root / "bad_rl_prompt.jsonl"))
     paths.update(truncated_gz=str(root / "truncated.jsonl.gz"), non_utf8=str(root / "non_utf8.jsonl"),
                  empty=str(root / "empty.trec"), empty_dir=str(root / "empty_dir"),
                  foreign_file=str(root / "foreign_run.trec"), foreign_dir=str(foreign),

@@ -22,11 +22,14 @@ def test_help_lists_every_command():
     assert result.returncode == 0
     for command in ("smoke", "model-info", "eval", "rerank", "data", "train", "export"):
         assert command in result.stdout
+    train = _run("train", "--help")
+    assert train.returncode == 0 and "sft" in train.stdout and "grpo" in train.stdout
 
 
-LEAF_OF_CONFIG = {"smoke": ("smoke",), "rerank": ("rerank",), "sft": ("train", "sft")}
+LEAF_OF_CONFIG = {"smoke": ("smoke",), "rerank": ("rerank",), "sft": ("train", "sft"), "grpo": ("train", "grpo")}
 REQUIRED = {("rerank",): {"model": "m", "run": "r", "corpus": "c", "queries": "q", "out": "o"},
-            ("train", "sft"): {"model.path": "m", "data.path": "d", "train.out": "o"}}
+            ("train", "sft"): {"model.path": "m", "data.path": "d", "train.out": "o"},
+            ("train", "grpo"): {"model.path": "m", "data.path": "d", "train.out": "o"}}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)

@@ -44,12 +44,18 @@ def score(texts: list[str], examples: list[dict], rollouts: int, reward: str = "
     return {k: np.asarray(v).reshape(len(examples), rollouts) for k, v in views.items()}
 
 
+def trainer_prompt_bucket(n: int) -> int:
+    """Multiples of 128 up to 1024, then the decoder's quarter octaves: the trainer pays for every padded position
+    twice (log-prob pass and update), so its prompt buckets are finer than powers of two."""
+    return -(-n // 128) * 128 if n <= 1024 else bucket_length(n)
+
+
 def sequences(examples: list[dict], responses: list[list[int]], rollouts: int, pad_id: int,
               response_len: int | None = None) -> dict[str, np.ndarray]:
     """The trainer's rows [prompt left-padded to its bucket | response right-padded to `response_len` (default:
     the bucket of the longest)]: input_ids_bt, attention_mask_bt [n, T], response_mask_br [n, R]."""
     prompts = [np.asarray(e["prompt_ids"], np.int32) for e in examples for _ in range(rollouts)]
-    p = bucket_length(max(len(x) for x in prompts))
+    p = trainer_prompt_bucket(max(len(x) for x in prompts))
     r = response_len or bucket_length(max(max((len(x) for x in responses), default=1), 1))
     n = len(prompts)
     ids = np.full((n, p + r), pad_id, np.int32)
