@@ -71,3 +71,61 @@ def synthetic_model(tmp_path_factory):
                          bos_token_id=1, eos_token_id=2, pad_token_id=0)
     AutoModelForCausalLM.from_config(config).save_pretrained(root)
     return root
+
+
+# The SFT setting of the learning tests (tests/test_learning.py; configs/sft_synthetic.yaml's header describes it):
+# the synthetic task, the from-scratch model, and the seed torch draws its weights with. SFT_SYNTHETIC_TASK_SEED and
+# SFT_SYNTHETIC_MODEL_SEED in the environment override the seeds (how the figures over seeds were measured).
+SFT_SYNTHETIC_TASK = {"seed": 0, "num_queries": 200, "heldout_fraction": 0.1, "think_style": "by_passage"}
+SFT_SYNTHETIC_MODEL = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
+                       "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False,
+                       "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+SFT_SYNTHETIC_MODEL_SEED = 0
+SFT_SYNTHETIC_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                    "sft_synthetic.yaml")
+
+
+@pytest.fixture(scope="session")
+def sft_synthetic(tmp_path_factory):
+    """A tiny Qwen2 trained from scratch by SFT on the synthetic task, through the public CLI (`train sft --config
+    configs/sft_synthetic.yaml`, then `export`), once per session; shared by the learning tests (and GRPO, which starts
+    from it). Returns a dict: task (SyntheticTask), files (write_files' paths), base (the untrained HF directory, with
+    the task's tokenizer), run (the SFT run directory), exported (the exported HF directory), metrics (the run's
+    metrics.jsonl rows), config (the YAML path), model_seed, times (seconds: data_and_model, train, export)."""
+    import json
+    import time
+
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from reasonrank_jax.cli import main
+    from reasonrank_jax.data.synthetic import SyntheticTask, build_tokenizer, write_files
+
+    root = tmp_path_factory.mktemp("sft_synthetic")
+    times, started = {}, time.perf_counter()
+    task = SyntheticTask(**{**SFT_SYNTHETIC_TASK,
+                            "seed": int(os.environ.get("SFT_SYNTHETIC_TASK_SEED", SFT_SYNTHETIC_TASK["seed"]))})
+    model_seed = int(os.environ.get("SFT_SYNTHETIC_MODEL_SEED", SFT_SYNTHETIC_MODEL_SEED))
+    files = write_files(task, root / "data", tokenizer=False)
+    base = root / "base"
+    build_tokenizer(task, base)
+    torch.manual_seed(model_seed)
+    AutoModelForCausalLM.from_config(Qwen2Config(**SFT_SYNTHETIC_MODEL)).save_pretrained(base)
+    times["data_and_model"] = time.perf_counter() - started
+
+    mark = time.perf_counter()
+    run = root / "run"
+    assert main(["train", "sft", "--config", SFT_SYNTHETIC_CONFIG, f"model.path={base}",
+                 f"data.path={files['sft_train.json']}", f"data.heldout={files['sft_heldout.json']}",
+                 f"train.out={run}"]) == 0
+    times["train"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    exported = root / "hf"
+    assert main(["export", str(run), "--out", str(exported)]) == 0
+    times["export"] = time.perf_counter() - mark
+    with open(run / "metrics.jsonl") as f:
+        metrics = [json.loads(line) for line in f]
+    return {"task": task, "files": files, "base": base, "run": run, "exported": exported, "metrics": metrics,
+            "config": SFT_SYNTHETIC_CONFIG, "model_seed": model_seed,
+            "times": {k: round(v, 1) for k, v in times.items()}}

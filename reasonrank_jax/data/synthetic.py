@@ -34,9 +34,15 @@ the teacher and the oracle (reasonrank_jax.eval). No jax here.
 
 Defaults (500 queries, 400 train / 100 held out; 5 seeds, held out): nDCG@10 first stage 0.65, teacher 0.79, a
 perfect window reranker 1.00; per window (the reward's nDCG view) input order 0.65, teacher 0.83, oracle 1.00.
-Learnability, measured with a from-scratch torch Qwen2 (d 64-128, 3-4 layers) for 400-600 steps on 2 busy cores:
-the format is learnt first (about 60% valid answers) while the mentions in the think stay mostly ``none``, so the
-matching skill needs a longer run; ``by_word`` reasoning learnt the format more slowly (no valid answer at 400 steps).
+Learnability (tests/test_learning.py, configs/sft_synthetic.yaml: from-scratch torch Qwen2 d64, 2 layers, 300 SFT
+steps of 16 windows at lr 1e-2 on 200 queries, about 5 minutes on 2 cores): held-out loss 6.2 -> 0.37-0.41 and greedy
+answers valid for 87.5-100% of held-out windows depending on the seed, but the think marks almost every passage
+``none`` (the exact transcript in ~10% of windows), so the answers are mostly the identity and nDCG@10 stays at the
+first stage's. Easier variants did not help at that budget (1000 queries, model seed 0): 12 topic words, 1-2 query
+words, 2-4 passage words, no swaps: 91% valid (86% at d128); the same with padding only from filler words (a local
+change of the generator) and no ``no Y`` of other words, so every topic word of a passage is a query word: 84%.
+Mention detection (finding passage [i]'s words from the think) is what is not learnt in 300 steps. ``by_word``
+reasoning learnt the format more slowly (no valid answer at 400 steps).
 """
 
 from __future__ import annotations
