@@ -173,3 +173,42 @@ def test_first_mini_batch_ratio_is_exactly_one(tiny_policy):
     np.testing.assert_allclose(float(metrics["pg_loss"]), want, rtol=1e-6)
     _, off = update_step(spec, state, {**batch, "on_policy": jnp.bool_(False)})
     assert float(off["ppo_kl"]) != 0.0  # without it the (shifted) old log-probs are used
+
+
+def test_engine_reports_log_probs_and_takes_new_weights_without_recompiling(tiny_policy):
+    import jax
+
+    from reasonrank_jax.inference import engine as engine_module
+    from reasonrank_jax.inference.decode import generate
+    from reasonrank_jax.training.grpo.rollout import sequences
+    from reasonrank_jax.training.logprobs import response_logprobs
+
+    cfg, params, prompts = tiny_policy
+    want, want_logprobs = generate(cfg, params, prompts, 8, [], return_logprobs=True)
+
+    def run(engine):
+        for i, prompt in enumerate(prompts):
+            engine.submit(i, prompt, 8)
+        done = {}
+        while engine.has_work():
+            done.update({f.request_id: f for f in engine.step()})
+        return [done[i] for i in range(len(prompts))]
+
+    engine = engine_module.DecodeEngine(cfg, params, num_slots=2, max_len=64, eos_ids=[], max_new_tokens=8,
+                                        chunk=4, return_logprobs=True)
+    got = run(engine)
+    assert [f.tokens for f in got] == want
+    np.testing.assert_allclose(np.concatenate([f.logprobs for f in got]), np.concatenate(want_logprobs), atol=1e-5)
+    seqs = sequences([{"prompt_ids": p} for p in prompts], [f.tokens for f in got], 1, pad_id=0)
+    trainer = response_logprobs(cfg, params, seqs["input_ids_bt"], seqs["attention_mask_bt"],
+                                seqs["response_mask_br"].shape[1])
+    mask = seqs["response_mask_br"].astype(bool)
+    assert np.abs(np.asarray(trainer)[mask] - np.concatenate([f.logprobs for f in got])).mean() < 1e-4
+
+    compiled = (engine_module._admit._cache_size(), engine_module._decode_chunk._cache_size())
+    scaled = jax.tree.map(lambda x: x * 1.5, params)
+    engine.set_params(scaled)
+    changed = run(engine)
+    assert (engine_module._admit._cache_size(), engine_module._decode_chunk._cache_size()) == compiled
+    want_scaled = generate(cfg, scaled, prompts, 8, [])
+    assert [f.tokens for f in changed] == want_scaled != want

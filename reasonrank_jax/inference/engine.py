@@ -42,6 +42,7 @@ class Finished(NamedTuple):
     request_id: Any
     tokens: list[int]  # new tokens, including the EOS that ended the request (if one did)
     prompt_len: int
+    logprobs: list[float] | None = None  # each token's log-probability (engines made with return_logprobs)
 
 
 def _set_rows_prefix(full_bx, new_bx, rows_b, slot_axis):
@@ -58,7 +59,7 @@ def _is_eos(token_b, eos_e):
 def _admit(cfg, params, state, ids_bp, mask_bp, rows_b, limits_b, eos_e, key, *, sampling):
     b, p = ids_bp.shape
     max_len = state["kv_mask"].shape[1]
-    cache, kv_mask, token, _, position = prefill(cfg, params, ids_bp, mask_bp, p, key, sampling)
+    cache, kv_mask, token, logprob, position = prefill(cfg, params, ids_bp, mask_bp, p, key, sampling)
     state = dict(state)
     # rows_b == num_slots marks a padding row of the bucket: the scatters below drop it.
     state["cache"] = map_cache(lambda full, new, axis: _set_rows_prefix(full, new, rows_b, axis), state["cache"],
@@ -71,6 +72,8 @@ def _admit(cfg, params, state, ids_bp, mask_bp, rows_b, limits_b, eos_e, key, *,
     state["count"] = state["count"].at[rows_b].set(1, mode="drop")
     state["limit"] = state["limit"].at[rows_b].set(limits_b, mode="drop")
     state["tokens"] = state["tokens"].at[rows_b, 0].set(token, mode="drop")
+    if "logprobs" in state:
+        state["logprobs"] = state["logprobs"].at[rows_b, 0].set(logprob, mode="drop")
     state["active"] = state["active"].at[rows_b].set(~_is_eos(token, eos_e) & (limits_b > 1), mode="drop")
     return state
 
@@ -101,10 +104,13 @@ def _decode_chunk(cfg, params, state, eos_e, key, *, sampling, chunk, attend_len
         kv_mask = state["kv_mask"].at[rows, write_pos].set(jnp.where(active, 1, state["kv_mask"][rows, write_pos]))
         logits, cache = forward_cached(cfg, params, state["last_token"][:, None], state["position"][:, None],
                                        state["cache"], write_pos, kv_mask, last_only=True)
-        token, _ = next_token(logits[:, 0], step_key, sampling)
+        token, logprob = next_token(logits[:, 0], step_key, sampling)
         count = state["count"]
         tokens = state["tokens"].at[rows, count].set(jnp.where(active, token, state["tokens"][rows, count]),
                                                      mode="drop")
+        if "logprobs" in state:  # otherwise the log-softmax over the vocabulary is dead code, compiled away
+            state = {**state, "logprobs": state["logprobs"].at[rows, count].set(
+                jnp.where(active, logprob, state["logprobs"][rows, count]), mode="drop")}
         count = count + active
         finished = active & (_is_eos(token, eos_e) | (count >= state["limit"]))
         state = {**state, "cache": cache, "kv_mask": kv_mask, "tokens": tokens, "count": count,
@@ -126,10 +132,14 @@ class DecodeEngine:
 
     def __init__(self, cfg: ModelConfig, params, num_slots: int, max_len: int, eos_ids: list[int],
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, seed: int = 0,
-                 max_new_tokens: int = 3172, chunk: int = 64):
+                 max_new_tokens: int = 3172, chunk: int = 64, return_logprobs: bool = False,
+                 scaled_logprobs: bool = False):
+        """return_logprobs: Finished.logprobs holds each token's log-probability (raw logits, or with
+        scaled_logprobs under logits / temperature: GRPO's policy)."""
         self.cfg, self.params = cfg, decode_params(params)  # per-layer weights, read in place by each step
         self.num_slots, self.max_len, self.max_new_tokens, self.chunk = num_slots, max_len, max_new_tokens, chunk
-        self.sampling = SamplingParams(float(temperature), float(top_p), int(top_k), float(min_p))
+        self.sampling = SamplingParams(float(temperature), float(top_p), int(top_k), float(min_p),
+                                       bool(scaled_logprobs))
         self._eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)
         self._key = jax.random.PRNGKey(seed)
         zeros = lambda dtype=jnp.int32: jnp.zeros((num_slots,), dtype)  # noqa: E731
@@ -137,6 +147,8 @@ class DecodeEngine:
             "cache": init_cache(cfg, num_slots, max_len), "kv_mask": jnp.zeros((num_slots, max_len), jnp.int32),
             "write_pos": zeros(), "position": zeros(), "last_token": zeros(), "active": zeros(bool),
             "count": zeros(), "limit": zeros(), "tokens": jnp.zeros((num_slots, max_new_tokens), jnp.int32)}
+        if return_logprobs:
+            self._state["logprobs"] = jnp.zeros((num_slots, max_new_tokens), jnp.float32)
         # waiting requests, a heap of (-priority, submission number, (request_id, prompt, limit))
         self._queue: list = []
         self._submitted = itertools.count()
@@ -158,6 +170,11 @@ class DecodeEngine:
             raise PromptTooLong(f"prompt of {len(prompt_ids)} tokens (bucket {bucket_length(len(prompt_ids))}) + "
                              f"{limit} new tokens does not fit max_len={self.max_len}")
         heapq.heappush(self._queue, (-priority, next(self._submitted), (request_id, list(prompt_ids), limit)))
+
+    def set_params(self, params) -> None:
+        """New weights (e.g. the policy after a GRPO update) of the same shapes: no recompilation; requests in
+        flight continue with them."""
+        self.params = decode_params(params)
 
     def has_work(self) -> bool:
         return bool(self._queue) or any(r is not None for r in self._slot_request)
@@ -198,10 +215,13 @@ class DecodeEngine:
         if not done_slots:
             return []
         tokens = np.asarray(jax.device_get(self._state["tokens"][np.asarray(done_slots)]))
+        logprobs = (np.asarray(jax.device_get(self._state["logprobs"][np.asarray(done_slots)]))
+                    if "logprobs" in self._state else None)
         finished = []
         for i, slot in enumerate(done_slots):
             request_id, prompt_len = self._slot_request[slot]
-            finished.append(Finished(request_id, tokens[i, :count[slot]].tolist(), prompt_len))
+            finished.append(Finished(request_id, tokens[i, :count[slot]].tolist(), prompt_len,
+                                     None if logprobs is None else logprobs[i, :count[slot]].tolist()))
             self._slot_request[slot] = None
             self.tokens_out += int(count[slot])
         return finished
