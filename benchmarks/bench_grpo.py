@@ -14,13 +14,14 @@ directory, from which both sides load it. Prompts: random token ids (3 .. vocab)
 [prompt-len / 2, prompt-len], the longest exactly --prompt-len in every step (so both sides pad to the same
 length). No EOS can be sampled (the EOS id is the vocabulary size), so every rollout decodes exactly --response
 tokens on both sides: the same work. One step = --prompts prompts x --rollouts rollouts at temperature 1 (top_p 1),
-rewards, group advantages, old/reference log-probs, and one optimizer update (AdamW, clip 1.0, lr 1e-6, fp32) on
+rewards, group advantages, reference log-probs, and one optimizer update (AdamW, clip 1.0, lr 1e-6, fp32) on
 all the rows at once (mini batch = micro batch = every row); dual-clip PPO (0.2, c = 3), k3 KL with coefficient
 0.001, token-mean loss.
 - ours: the phases of `reasonrank-jax train grpo` (training/grpo/run.py), called the same way on a 1-device mesh:
   rollout = `rollout.sample` (our decoder, samples = G: the prompt prefilled once, sampler log-probs returned);
-  reward = the cheap reward below on the decoded ids + `rollout.advantages_of`; logprobs = `jit_rollout_logprobs`
-  (old and reference log-probs: two forward passes); update = `jit_update_step` (state donated).
+  reward = the cheap reward below on the decoded ids + `rollout.advantages_of`; logprobs = `jit_reference_logprobs`
+  (one forward: with one update per step the update is on-policy and uses its own log-probs, as run.py does; the
+  old + reference pass it replaced is timed beside it); update = `jit_update_step` (state donated).
 - tunix: `benchmarks/tunix_grpo_worker.py` in Tunix's virtualenv: `GRPOLearner` + `RLCluster` with the vanilla
   rollout engine (its Sampler prefills each of the prompts' G repeated rows), reference log-probs (one forward: with
   one iteration Tunix takes the old log-probs from the update's own forward), reward and advantages, the update
@@ -85,8 +86,8 @@ class Ours:
         from reasonrank_jax.models import load_pretrained
         from reasonrank_jax.sharding import make_mesh
         from reasonrank_jax.training.grpo import rollout
-        from reasonrank_jax.training.grpo.step import GRPOSpec, batch_shardings, jit_rollout_logprobs, \
-            jit_update_step
+        from reasonrank_jax.training.grpo.step import GRPOSpec, batch_shardings, jit_reference_logprobs, \
+            jit_rollout_logprobs, jit_update_step
         from reasonrank_jax.training.optim import make_optimizer
         from reasonrank_jax.training.sft import StepSpec
         from reasonrank_jax.training.state import init_state, state_shardings
@@ -106,10 +107,10 @@ class Ours:
         self.ref_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings.params)(
             self.state.params)
         self.update = jit_update_step(spec, shardings, mesh)
+        # run.py's logprobs phase with one update per step: the reference alone (the update is on-policy and uses
+        # its own log-probs); the old + reference pass (what run.py did before) is timed separately for comparison
+        self.reference_pass = jit_reference_logprobs(spec, shardings, mesh)
         self.logprob_pass = jit_rollout_logprobs(spec, shardings, mesh, with_ref_params=True)
-        # what the logprobs phase would cost without the old log-probs (one forward, not two): with one update per
-        # step they are the update's own (on_policy), so only the reference pass is needed (measured separately)
-        self.ref_only_pass = jax.jit(lambda ref, batch: jax.lax.map(lambda m: spec.logprobs(ref, m), batch))
         self.last_seqs = None
         self.shardings = batch_shardings(mesh)
         self.examples = [{"prompt_ids": row[row > 0].tolist()} for row in prompts]
@@ -140,11 +141,10 @@ class Ours:
         seqs = rollout.sequences(chosen, responses, args.rollouts, 0)
         n, r = seqs["response_mask_br"].shape
         self.last_seqs = on_mesh = self.to_micro(seqs)
-        old_logp, ref_logp = (np.asarray(x).reshape(n, r) for x in jax.device_get(
-            self.logprob_pass(self.state.params, self.state.trainable, self.ref_params, on_mesh)))
+        ref_logp = np.asarray(jax.device_get(self.reference_pass(self.ref_params, on_mesh))).reshape(n, r)
         times["logprobs"], mark = time.perf_counter() - mark, time.perf_counter()
-        arrays = {**seqs, "old_logp_br": old_logp, "ref_logp_br": ref_logp,
-                  "advantages_b": advantages.astype(np.float32)}
+        arrays = {**seqs, "old_logp_br": np.zeros_like(ref_logp), "ref_logp_br": ref_logp,
+                  "sampler_logp_br": rollout.padded(sampler_logps, r), "advantages_b": advantages.astype(np.float32)}
         batch = self.to_micro(arrays)
         batch["on_policy"] = jax.device_put(np.bool_(True))
         self.state, metrics = self.update(self.state, batch)
@@ -158,7 +158,7 @@ class Ours:
         jax = self.jax
         start = time.perf_counter()
         if ref_only:
-            jax.device_get(self.ref_only_pass(self.ref_params, self.last_seqs))
+            jax.device_get(self.reference_pass(self.ref_params, self.last_seqs))
         else:
             jax.device_get(self.logprob_pass(self.state.params, self.state.trainable, self.ref_params,
                                              self.last_seqs))

@@ -163,10 +163,11 @@ def test_first_mini_batch_ratio_is_exactly_one(tiny_policy):
     spec = GRPOSpec(StepSpec(cfg=cfg, optimizer=optimizer, schedule=schedule))
     old, ref = rollout_logprobs(spec, params, params, params, seqs)
     state = init_state(params, {}, optimizer, jax.random.PRNGKey(0))
-    batch = {**seqs, "old_logp_br": old + 0.5, "ref_logp_br": ref,
+    batch = {**seqs, "old_logp_br": old + 0.5, "ref_logp_br": ref, "sampler_logp_br": old,
              "advantages_b": jnp.asarray([[1.0, -1.0, 2.0, 0.0]]), "on_policy": jnp.bool_(True)}
     _, metrics = update_step(spec, state, batch)
     assert float(metrics["ppo_kl"]) == 0.0 and float(metrics["pg_clipfrac"]) == 0.0
+    assert float(metrics["logp_diff"]) < 1e-5  # the update's log-probs are the log-prob pass's
     assert abs(float(metrics["kl_loss"])) < 1e-6  # policy = reference, up to two programs' rounding
     tokens = np.asarray(seqs["response_mask_br"][0]).sum(1)
     want = -(np.array([1.0, -1.0, 2.0, 0.0]) * tokens).sum() / tokens.sum()

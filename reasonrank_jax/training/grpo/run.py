@@ -57,7 +57,8 @@ def run_grpo(config: GRPOConfig) -> int:  # noqa: C901 - the edge where every si
     from reasonrank_jax.training import loop, setup
     from reasonrank_jax.training.checkpoint import Checkpointer, PreemptionGuard
     from reasonrank_jax.training.grpo import rollout
-    from reasonrank_jax.training.grpo.step import GRPOSpec, jit_rollout_logprobs, jit_update_step
+    from reasonrank_jax.training.grpo.step import (GRPOSpec, jit_policy_logprobs, jit_reference_logprobs,
+                                                   jit_update_step)
 
     model, data, train, g = config.model, config.data, config.train, config.grpo
     run = OutputDir(train.out, "train grpo", field="train.out", can_overwrite=False)
@@ -100,7 +101,8 @@ def run_grpo(config: GRPOConfig) -> int:  # noqa: C901 - the edge where every si
     eval_log = loop.MetricsLog(train.out, start, name="eval.jsonl", tensorboard=False)
 
     update = jit_update_step(spec, prepared.shardings, mesh)
-    logprob_pass = jit_rollout_logprobs(spec, prepared.shardings, mesh, with_ref_params=not use_lora)
+    policy_pass = jit_policy_logprobs(spec, prepared.shardings, mesh)
+    reference_pass = jit_reference_logprobs(spec, prepared.shardings, mesh)
     merge = jax.jit(lambda params, lora: merge_lora(params, lora, prepared.spec.lora_scale)) if use_lora else None
     eos_ids = eos_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -110,10 +112,19 @@ def run_grpo(config: GRPOConfig) -> int:  # noqa: C901 - the edge where every si
     def policy(state):
         return merge(state.params, state.lora) if use_lora else state.params
 
+    eval_key = jax.random.fold_in(jax.random.PRNGKey(train.seed), 2**31 - 1)  # the same draws at every evaluation
+
     def evaluate(state) -> dict:
-        responses = rollout.sample(cfg, policy(state), heldout, rollouts=1, max_new_tokens=g.max_response,
-                                   eos_ids=eos_ids, temperature=0.0, key=jax.random.PRNGKey(0), mesh=mesh)[0]
-        return _view_means(rollout.score(_decode(tokenizer, responses), heldout, 1, g.reward), "heldout_")
+        """Held-out rewards of the policy: greedy (heldout_*), and sampled as in training (heldout_sampled_*:
+        grpo.rollouts samples per prompt at grpo.temperature, the same random stream at every evaluation)."""
+        params = policy(state)
+        greedy = rollout.sample(cfg, params, heldout, rollouts=1, max_new_tokens=g.max_response, eos_ids=eos_ids,
+                                temperature=0.0, key=eval_key, mesh=mesh)[0]
+        sampled = rollout.sample(cfg, params, heldout, rollouts=g.rollouts, max_new_tokens=g.max_response,
+                                 eos_ids=eos_ids, temperature=g.temperature, key=eval_key, mesh=mesh)[0]
+        return {**_view_means(rollout.score(_decode(tokenizer, greedy), heldout, 1, g.reward), "heldout_"),
+                **_view_means(rollout.score(_decode(tokenizer, sampled), heldout, g.rollouts, g.reward),
+                              "heldout_sampled_")}
 
     def to_micro(arrays: dict, rows: slice) -> dict:
         """Rows of [n, ...] host arrays as [n / micro, micro, ...] device arrays on the mesh."""
@@ -131,8 +142,10 @@ def run_grpo(config: GRPOConfig) -> int:  # noqa: C901 - the edge where every si
     if heldout and start == 0:
         baseline = {"step": 0, **evaluate(state)}
         eval_log.write(baseline)
-        print(f"train grpo: starting model on {len(heldout)} held-out prompts: "
-              f"reward {baseline['heldout_reward_mean']:.4f}, nDCG@10 {baseline['heldout_ndcg_mean']:.4f}", flush=True)
+        print(f"train grpo: starting model on {len(heldout)} held-out prompts: greedy reward "
+              f"{baseline['heldout_reward_mean']:.4f}, nDCG@10 {baseline['heldout_ndcg_mean']:.4f}; sampled reward "
+              f"{baseline['heldout_sampled_reward_mean']:.4f}, nDCG@10 {baseline['heldout_sampled_ndcg_mean']:.4f}",
+              flush=True)
 
     preempted = False
     with PreemptionGuard() as guard, tqdm(total=total_steps, initial=start, unit="step", desc="grpo",
@@ -155,19 +168,25 @@ def run_grpo(config: GRPOConfig) -> int:  # noqa: C901 - the edge where every si
 
             seqs = rollout.sequences(chosen, responses, g.rollouts, pad_id)
             n, r = seqs["response_mask_br"].shape
-            everything = slice(0, n)
-            on_mesh = to_micro(seqs, everything)
-            args = (state.params, state.trainable) + (() if use_lora else (ref_params,))
-            old_logp, ref_logp = (np.asarray(x).reshape(n, r) for x in jax.device_get(logprob_pass(*args, on_mesh)))
+            rows_per_update = g.mini_batch * g.rollouts
+            # Reference log-probs for every row (when the KL term is on); old log-probs only for the rows of the
+            # second and later updates: the first update is on-policy and uses its own (exactly).
+            ref_logp, old_logp = np.zeros((n, r), np.float32), np.zeros((n, r), np.float32)
+            if g.kl_coef > 0:
+                reference = state.params if use_lora else ref_params
+                ref_logp = np.asarray(jax.device_get(reference_pass(reference, to_micro(seqs, slice(0, n))))
+                                      ).reshape(n, r)
+            if updates_per_step > 1:
+                later = slice(rows_per_update, n)
+                old_logp[later] = np.asarray(jax.device_get(policy_pass(state.params, state.trainable,
+                                                                        to_micro(seqs, later)))).reshape(-1, r)
             times["time_logprobs_s"], mark = time.perf_counter() - mark, time.perf_counter()
 
             response_mask = seqs["response_mask_br"].astype(bool)
-            sampler = rollout.padded(sampler_logps, r)
-            logp_diff = float(np.abs(sampler - old_logp)[response_mask].mean()) if response_mask.any() else 0.0
             arrays = {**seqs, "old_logp_br": old_logp, "ref_logp_br": ref_logp,
+                      "sampler_logp_br": rollout.padded(sampler_logps, r),
                       "advantages_b": advantages.astype(np.float32)}
             per_update = []
-            rows_per_update = g.mini_batch * g.rollouts
             for j in range(updates_per_step):
                 batch = to_micro(arrays, slice(j * rows_per_update, (j + 1) * rows_per_update))
                 batch["on_policy"] = jax.device_put(np.bool_(j == 0))
@@ -186,7 +205,7 @@ def run_grpo(config: GRPOConfig) -> int:  # noqa: C901 - the edge where every si
                       "response_clip_rate": float(clipped.mean()),
                       **{k: float(np.mean([float(m[k]) for m in per_update])) for k in POLICY_KEYS},
                       "lr": float(per_update[0]["lr"]), "tokens": int(response_mask.sum()),
-                      "logp_diff": logp_diff, **{k: round(v, 6) for k, v in times.items()},
+                      "logp_diff": float(per_update[0]["logp_diff"]), **{k: round(v, 6) for k, v in times.items()},
                       "step_time_s": round(step_time, 6), "tokens_per_s": float(response_mask.sum()) / step_time}
             if heldout and ((train.eval_every and (s + 1) % train.eval_every == 0) or s + 1 == total_steps):
                 held = evaluate(state)

@@ -6,11 +6,16 @@ EOS included) right-padded to `response_len`; `response_mask` marks the rollout'
 - `rollout_logprobs`: old log-probs (the policy before the step's updates) and reference log-probs (the frozen
   starting policy: under LoRA the same base weights without the adapters, so the weights are in memory once; under
   full fine-tuning a frozen copy passed as `ref_params`), over [n, micro, ...] micro-batches.
+  `policy_logprobs` and `reference_logprobs` are its halves: the run computes old log-probs only for the rows of
+  the second and later mini-batches (the first update is on-policy, see below) and reference log-probs only when
+  the KL term is on.
 - `update_step(spec, state, batch) -> (state, metrics)`: one optimizer update on one mini-batch given as
   [accum, micro, ...] micro-batches. Numerators and the token count are accumulated over the micro-batches and
   divided once, so the loss is the exact token mean of the whole mini-batch. With `on_policy` (the step's first
-  mini-batch: the parameters are those that computed the old log-probs) the old log-probs are the current ones
-  under stop_gradient, so the ratio is exactly 1, not 1 up to the rounding of two compiled programs.
+  mini-batch: the parameters are those that sampled the rollouts) the old log-probs are the current ones under
+  stop_gradient, so the ratio is exactly 1, not 1 up to the rounding of two compiled programs; `old_logp_br` is then
+  not read. `metrics["logp_diff"]` is the mean |trainer - sampler| log-prob of the mini-batch's tokens
+  (`sampler_logp_br`, the decoder's), meaningful on the on-policy update.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from reasonrank_jax.training.sft import StepSpec
 from reasonrank_jax.training.state import TrainState
 
 SEQUENCE_KEYS = ("input_ids_bt", "attention_mask_bt")
-TOKEN_KEYS = ("response_mask_br", "old_logp_br", "ref_logp_br")
+TOKEN_KEYS = ("response_mask_br", "old_logp_br", "ref_logp_br", "sampler_logp_br")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,16 +52,26 @@ class GRPOSpec:
                                  response_len, self.step.logits_chunk, self.temperature)
 
 
+def _over_micro_batches(spec: GRPOSpec, params, batch):
+    return jax.lax.map(lambda micro: spec.logprobs(params, micro),
+                       {k: batch[k] for k in (*SEQUENCE_KEYS, "response_mask_br")})
+
+
+def policy_logprobs(spec: GRPOSpec, params, trainable, batch):
+    """[n, micro, response_len]: the policy's log-probs of sequences given as [n, micro, ...]."""
+    return _over_micro_batches(spec, spec.step.model_params(params, trainable), batch)
+
+
+def reference_logprobs(spec: GRPOSpec, reference_params, batch):
+    """[n, micro, response_len]: the reference's (LoRA: pass the base params, the adapters left out)."""
+    return _over_micro_batches(spec, reference_params, batch)
+
+
 def rollout_logprobs(spec: GRPOSpec, params, trainable, ref_params, batch):
     """(old_logp, ref_logp), each [n, micro, response_len], for sequences given as [n, micro, ...]. ref_params None:
     the reference is `params` itself (LoRA: the base without the adapters)."""
-    policy = spec.step.model_params(params, trainable)
-    reference = params if ref_params is None else ref_params
-
-    def one(micro):
-        return spec.logprobs(policy, micro), spec.logprobs(reference, micro)
-
-    return jax.lax.map(one, {k: batch[k] for k in (*SEQUENCE_KEYS, "response_mask_br")})
+    return (policy_logprobs(spec, params, trainable, batch),
+            reference_logprobs(spec, params if ref_params is None else ref_params, batch))
 
 
 def update_step(spec: GRPOSpec, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -69,18 +84,20 @@ def update_step(spec: GRPOSpec, state: TrainState, batch: dict) -> tuple[TrainSt
         sums, tokens = grpo_loss_sums(logp_br, old_br, micro["ref_logp_br"], micro["advantages_b"],
                                       micro["response_mask_br"], clip=spec.clip, clip_c=spec.clip_c,
                                       kl_coef=spec.kl_coef)
+        mask_br = micro["response_mask_br"].astype(bool)
+        sums["logp_diff"] = jnp.sum(jnp.where(mask_br, jnp.abs(logp_br - micro["sampler_logp_br"]), 0.0))
         return sums["loss"], (sums, tokens)
 
     def accumulate(carry, micro):
         grads, sums, tokens = carry
         (_, (s, t)), g = jax.value_and_grad(micro_sums, has_aux=True)(trainable, micro)
         grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
-        return (grads, {k: sums[k] + s[k] for k in SUM_KEYS}, tokens + t), None
+        return (grads, {k: sums[k] + s[k] for k in sums}, tokens + t), None
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
     micro_batches = {k: batch[k] for k in (*SEQUENCE_KEYS, *TOKEN_KEYS, "advantages_b")}
-    (grads, sums, tokens), _ = jax.lax.scan(accumulate, (zeros, {k: jnp.float32(0) for k in SUM_KEYS},
-                                                         jnp.float32(0)), micro_batches)
+    sums0 = {k: jnp.float32(0) for k in (*SUM_KEYS, "logp_diff")}
+    (grads, sums, tokens), _ = jax.lax.scan(accumulate, (zeros, sums0, jnp.float32(0)), micro_batches)
     scale = 1.0 / jnp.maximum(tokens, 1.0)
     grads = jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads, trainable)
     updates, opt_state = spec.step.optimizer.update(grads, state.opt_state, trainable)
@@ -108,12 +125,26 @@ def jit_update_step(spec: GRPOSpec, shardings: TrainState, mesh):
                    out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=(0,))
 
 
+def _sequence_shardings(mesh):
+    return {k: micro_sharding(mesh, 3) for k in (*SEQUENCE_KEYS, "response_mask_br")}
+
+
 def jit_rollout_logprobs(spec: GRPOSpec, shardings: TrainState, mesh, with_ref_params: bool):
-    sequences = {k: micro_sharding(mesh, 3) for k in (*SEQUENCE_KEYS, "response_mask_br")}
-    out = micro_sharding(mesh, 3)
+    sequences, out = _sequence_shardings(mesh), micro_sharding(mesh, 3)
     if with_ref_params:
         return jax.jit(lambda params, trainable, ref, batch: rollout_logprobs(spec, params, trainable, ref, batch),
                        in_shardings=(shardings.params, shardings.trainable, shardings.params, sequences),
                        out_shardings=(out, out))
     return jax.jit(lambda params, trainable, batch: rollout_logprobs(spec, params, trainable, None, batch),
                    in_shardings=(shardings.params, shardings.trainable, sequences), out_shardings=(out, out))
+
+
+def jit_policy_logprobs(spec: GRPOSpec, shardings: TrainState, mesh):
+    return jax.jit(lambda params, trainable, batch: policy_logprobs(spec, params, trainable, batch),
+                   in_shardings=(shardings.params, shardings.trainable, _sequence_shardings(mesh)),
+                   out_shardings=micro_sharding(mesh, 3))
+
+
+def jit_reference_logprobs(spec: GRPOSpec, shardings: TrainState, mesh):
+    return jax.jit(lambda params, batch: reference_logprobs(spec, params, batch),
+                   in_shardings=(shardings.params, _sequence_shardings(mesh)), out_shardings=micro_sharding(mesh, 3))
