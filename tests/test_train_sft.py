@@ -147,6 +147,15 @@ def test_a_run_directory_resumes_only_its_own_run(uninterrupted, synthetic_model
     assert "optim.lr" in capsys.readouterr().err
 
 
+def test_rerunning_a_finished_run_changes_nothing(uninterrupted, synthetic_model, sft_data, capsys):
+    metrics = (uninterrupted / "metrics.jsonl").read_bytes()
+    checkpoints = sorted(os.listdir(uninterrupted / "checkpoints"))
+    assert main(_argv(synthetic_model, sft_data, uninterrupted)) == 0
+    assert f"done, {STEPS} steps" in capsys.readouterr().out
+    assert (uninterrupted / "metrics.jsonl").read_bytes() == metrics
+    assert sorted(os.listdir(uninterrupted / "checkpoints")) == checkpoints
+
+
 def test_a_killed_run_resumes_on_another_mesh_shape(synthetic_model, sft_data, uninterrupted, tmp_path):
     out = tmp_path / "moved"
     process = _spawn(_argv(synthetic_model, sft_data, out))  # mesh (2, 4, 1)

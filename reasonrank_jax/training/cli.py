@@ -36,14 +36,14 @@ def run_sft(config: SFTConfig) -> int:  # noqa: C901 - the edge where every side
     from tqdm import tqdm
 
     from reasonrank_jax.config import to_yaml
-    from reasonrank_jax.data.stream import BatchPlan, bucket_lengths, sft_batch
+    from reasonrank_jax.data.stream import BatchPlan, bucket_lengths, sft_batch, sft_response_width
     from reasonrank_jax.errors import InputError
     from reasonrank_jax.outputs import OutputDir, atomic_write
     from reasonrank_jax.sharding import make_mesh
     from reasonrank_jax.text import load_tokenizer
     from reasonrank_jax.training import loop, setup
     from reasonrank_jax.training.checkpoint import Checkpointer, PreemptionGuard
-    from reasonrank_jax.training.sft import batch_sharding, jit_train_step
+    from reasonrank_jax.training.sft import BATCH_KEYS, batch_shardings, jit_train_step
 
     model, data, train, lora_cfg = config.model, config.data, config.train, config.lora
     run = OutputDir(train.out, "train sft", field="train.out", can_overwrite=False)
@@ -86,22 +86,26 @@ def run_sft(config: SFTConfig) -> int:  # noqa: C901 - the edge where every side
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     accum = train.global_batch // train.micro_batch
     peak = loop.peak_flops(jax.devices()[0])
-    flops_of: dict[int, float | None] = {}
+    flops_of: dict[tuple[int, int], float | None] = {}  # per (padded length, response width): one program each
+    shardings_in = batch_shardings(mesh)
     print(f"train sft: {len(examples)} examples ({dict(counts)}), {plan.steps_per_epoch} steps per epoch, "
           f"{total_steps} steps, {'LoRA rank ' + str(lora_cfg.rank) if use_lora else 'full fine-tuning'}, "
           f"mesh {dict(mesh.shape)}" + (f"; resuming at step {start}" if start else ""), flush=True)
 
-    preempted = False
+    preempted, s = False, start - 1  # s: the step index in flight (none when the run is already complete)
     with PreemptionGuard() as guard, tqdm(total=total_steps, initial=start, unit="step", desc="sft",
                                           dynamic_ncols=True) as progress:
         for s in range(start, total_steps):
             epoch, in_epoch = divmod(s, plan.steps_per_epoch)
             length = plan.padded_length(epoch, in_epoch)
             rows = [examples[i] for i in plan.indices(epoch, in_epoch, jax.process_index(), jax.process_count())]
-            local = {k: v.reshape(accum, -1, length) for k, v in sft_batch(rows, length, pad_id).items()}
-            batch = {k: jax.make_array_from_process_local_data(batch_sharding(mesh), v) for k, v in local.items()}
-            if length not in flops_of:
-                flops_of[length] = loop.compiled_flops(step.lower(state, batch).compile())
+            # the response window's width from the whole global batch: the same on every process
+            width = sft_response_width([examples[i] for i in plan.global_batch_indices(epoch, in_epoch)], length)
+            local = sft_batch(rows, length, pad_id, width)
+            batch = {k: jax.make_array_from_process_local_data(
+                shardings_in[k], local[k].reshape(accum, -1, *local[k].shape[1:])) for k in BATCH_KEYS}
+            if (length, width) not in flops_of:
+                flops_of[length, width] = loop.compiled_flops(step.lower(state, batch).compile())
             timer = loop.StepTimer()
             state, metrics = step(state, batch)
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -109,25 +113,17 @@ def run_sft(config: SFTConfig) -> int:  # noqa: C901 - the edge where every side
             record = {"step": s + 1, "epoch": epoch, "loss": metrics["loss"], "lr": metrics["lr"],
                       "grad_norm": metrics["grad_norm"], "tokens": int(metrics["tokens"]),
                       "step_time_s": round(seconds, 6), "tokens_per_s": metrics["tokens"] / seconds,
-                      "mfu": (flops_of[length] / seconds / (peak * jax.device_count()))
-                      if flops_of[length] and peak else None}
+                      "mfu": (flops_of[length, width] / seconds / (peak * jax.device_count()))
+                      if flops_of[length, width] and peak else None}
             if heldout_loss and ((train.eval_every and (s + 1) % train.eval_every == 0) or s + 1 == total_steps):
                 record["heldout_loss"] = heldout_loss(state)
             log.write(record)
             progress.update(1)
             progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-            checkpointer.save(s + 1, prepared.saved(state), metadata, force=s + 1 == total_steps)
-            if guard.requested and s + 1 < total_steps:
-                checkpointer.save(s + 1, prepared.saved(state), metadata, force=True)
+            if loop.save_after_step(checkpointer, s + 1, total_steps, prepared.saved(state), metadata, guard):
                 preempted = True
                 break
-    checkpointer.close()
-    log.close()
-    if preempted:
-        print(f"train sft: preempted; checkpoint of step {s + 1} saved, rerun the same command to resume", flush=True)
-        return loop.PREEMPTED_EXIT_CODE
-    print(f"train sft: done, {total_steps} steps; checkpoints in {train.out}/checkpoints", flush=True)
-    return 0
+    return loop.finish("train sft", train.out, s + 1, total_steps, preempted, checkpointer, log)
 
 
 def _heldout_evaluator(cfg, examples, data, train, tokenizer, spec):
@@ -136,7 +132,7 @@ def _heldout_evaluator(cfg, examples, data, train, tokenizer, spec):
     import numpy as np
 
     from reasonrank_jax.data.stream import bucket_lengths, padded_length, sft_batch
-    from reasonrank_jax.training.sft import sft_loss_sums
+    from reasonrank_jax.training.sft import BATCH_KEYS, sft_loss_sums
 
     buckets = bucket_lengths(data.max_length, smallest=min(data.smallest_bucket, data.max_length))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -150,7 +146,8 @@ def _heldout_evaluator(cfg, examples, data, train, tokenizer, spec):
         numerator = denominator = 0.0
         for rows in batches:
             length = padded_length(max(len(r["input_ids"]) for r in rows), buckets)
-            n, d = loss_sums(state.params, state.trainable, sft_batch(rows, length, pad_id))
+            batch = sft_batch(rows, length, pad_id)  # its own response width (power-of-two buckets: few programs)
+            n, d = loss_sums(state.params, state.trainable, {k: batch[k] for k in BATCH_KEYS})
             numerator, denominator = numerator + float(n), denominator + float(d)
         return numerator / max(denominator, 1.0)
 

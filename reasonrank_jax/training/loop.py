@@ -119,6 +119,28 @@ def check_same_run(run_dir: str, config, command: str) -> None:
                                  f"{value!r}; use another train.out", path=path, field=f"{section}.{key}")
 
 
+def save_after_step(checkpointer, step: int, total_steps: int, saved, metadata, guard) -> bool:
+    """Checkpoint after optimizer step `step` (every save_every, the last step, and at once when SIGTERM was
+    received). True when the run must stop here (preempted)."""
+    checkpointer.save(step, saved, metadata, force=step == total_steps)
+    if guard.requested and step < total_steps:
+        checkpointer.save(step, saved, metadata, force=True)
+        return True
+    return False
+
+
+def finish(command: str, run_dir: str, step: int, total_steps: int, preempted: bool, checkpointer, *logs) -> int:
+    """Close the run's files; the exit code (143 after a preemption) and its one-line report."""
+    checkpointer.close()
+    for log in logs:
+        log.close()
+    if preempted:
+        print(f"{command}: preempted; checkpoint of step {step} saved, rerun the same command to resume", flush=True)
+        return PREEMPTED_EXIT_CODE
+    print(f"{command}: done, {total_steps} steps; checkpoints in {run_dir}/checkpoints", flush=True)
+    return 0
+
+
 def format_eta(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -147,7 +147,7 @@ def run_grpo(config: GRPOConfig) -> int:  # noqa: C901 - the edge where every si
               f"{baseline['heldout_sampled_reward_mean']:.4f}, nDCG@10 {baseline['heldout_sampled_ndcg_mean']:.4f}",
               flush=True)
 
-    preempted = False
+    preempted, s = False, start - 1  # s: the step index in flight (none when the run is already complete)
     with PreemptionGuard() as guard, tqdm(total=total_steps, initial=start, unit="step", desc="grpo",
                                           dynamic_ncols=True) as progress:
         for s in range(start, total_steps):
@@ -214,16 +214,7 @@ def run_grpo(config: GRPOConfig) -> int:  # noqa: C901 - the edge where every si
             log.write(record)
             progress.update(1)
             progress.set_postfix(reward=f"{record['reward_mean']:.3f}", refresh=False)
-            checkpointer.save(s + 1, prepared.saved(state), metadata, force=s + 1 == total_steps)
-            if guard.requested and s + 1 < total_steps:
-                checkpointer.save(s + 1, prepared.saved(state), metadata, force=True)
+            if loop.save_after_step(checkpointer, s + 1, total_steps, prepared.saved(state), metadata, guard):
                 preempted = True
                 break
-    checkpointer.close()
-    log.close()
-    eval_log.close()
-    if preempted:
-        print(f"train grpo: preempted; checkpoint of step {s + 1} saved, rerun the same command to resume", flush=True)
-        return loop.PREEMPTED_EXIT_CODE
-    print(f"train grpo: done, {total_steps} steps; checkpoints in {train.out}/checkpoints", flush=True)
-    return 0
+    return loop.finish("train grpo", train.out, s + 1, total_steps, preempted, checkpointer, log, eval_log)
