@@ -213,3 +213,31 @@ def test_engine_reports_log_probs_and_takes_new_weights_without_recompiling(tiny
     assert (engine_module._admit._cache_size(), engine_module._decode_chunk._cache_size()) == compiled
     want_scaled = generate(cfg, scaled, prompts, 8, [])
     assert [f.tokens for f in changed] == want_scaled != want
+
+
+@pytest.mark.parametrize("tokenized", [True, False])
+def test_rl_prompts_from_a_built_dataset_equal_those_from_the_parquet(synthetic_model, tmp_path, capsys, tokenized):
+    from reasonrank_jax.cli import main
+    from reasonrank_jax.data.rl import read_rl_examples
+    from reasonrank_jax.data.synthetic import SyntheticTask, _write_parquet, rl_records
+    from reasonrank_jax.text import load_tokenizer
+
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    _write_parquet(str(manual / "rl.parquet"), rl_records(SyntheticTask(num_queries=8, seed=1), "train"))
+    argv = ["data", "build", "rl", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "tfds"),
+            "--validation-fraction", "0"]
+    assert main(argv + (["--tokenizer", str(synthetic_model), "--max-prompt-length", "1024"] if tokenized else [])) == 0
+    version_dir = capsys.readouterr().out.strip().splitlines()[-1].removeprefix("wrote ")
+    tokenizer = load_tokenizer(str(synthetic_model))
+    built, built_counts = read_rl_examples(version_dir, tokenizer, 1024)
+    direct, direct_counts = read_rl_examples(str(manual / "rl.parquet"), tokenizer, 1024)
+    assert built_counts == direct_counts and len(built) == len(direct) > 4
+
+    def key(e):
+        return (tuple(int(i) for i in e["prompt_ids"]), e["label"], tuple(e["initial_list"]),
+                tuple(e["relevant_docids"]), e["qid"])
+
+    assert sorted(map(key, built)) == sorted(map(key, direct))
+    short, counts = read_rl_examples(version_dir, tokenizer, 100)  # every synthetic prompt is ~270 tokens
+    assert not short and counts["dropped_prompt_too_long"] == len(direct)
