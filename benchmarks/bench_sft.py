@@ -17,7 +17,8 @@ all three from that directory. A step is a full optimizer update on one global b
 backward, global-norm clip at 1.0 and AdamW (lr 1e-5, weight decay 0.01), float32 everywhere, loss = the
 response-only token-mean cross-entropy (response = the second half of each row; no padding).
 - ours: `training.sft.jit_train_step` on a 1-device mesh (the `train sft` step; state donated), no remat,
-  `logits_chunk` 1024 (the default of `train sft`).
+  `logits_chunk` 1024 (the default of `train sft`), the output head on the response window only (as `train sft`:
+  data/stream.py `response_window`; here the second half of each row).
 - torch: `model.train()`, `model(input_ids, labels=...)` (labels -100 on the prompt half: the same loss),
   `loss.backward()`, `clip_grad_norm_`, `torch.optim.AdamW`; the default thread count.
 - tunix: `benchmarks/tunix_worker.py` in Tunix's virtualenv, a subprocess answering "run N" with per-step times.
@@ -143,7 +144,8 @@ class Ours:
         from reasonrank_jax.models import load_pretrained
         from reasonrank_jax.sharding import make_mesh
         from reasonrank_jax.training.optim import make_optimizer
-        from reasonrank_jax.training.sft import StepSpec, batch_sharding, jit_train_step
+        from reasonrank_jax.data.stream import response_window
+        from reasonrank_jax.training.sft import StepSpec, batch_shardings, jit_train_step
         from reasonrank_jax.training.state import init_state, state_shardings
 
         mesh = make_mesh((1, 1, 1), jax.devices()[:1])
@@ -157,12 +159,13 @@ class Ours:
         shardings = state_shardings(mesh, abstract, optimizer)
         self.state = jax.jit(lambda p: init_state(p, {}, optimizer, rng), out_shardings=shardings)(params)
         self.step_fn = jit_train_step(spec, shardings, mesh)
-        sharding = batch_sharding(mesh)
-        self.batches = [
-            {"input_ids_bt": jax.device_put(ids[None], sharding),
-             "attention_mask_bt": jax.device_put(np.ones_like(ids)[None], sharding),
-             "loss_mask_bt": jax.device_put(mask[None], sharding)}
-            for ids, mask in zip(batches["input_ids"], batches["loss_mask"])]
+        sharding = batch_shardings(mesh)
+        self.batches = []
+        for ids, mask in zip(batches["input_ids"], batches["loss_mask"]):
+            start, window = response_window(mask)  # the head runs on the response window only, as in `train sft`
+            host = {"input_ids_bt": ids, "attention_mask_bt": np.ones_like(ids), "response_start_b": start,
+                    "response_mask_br": window}
+            self.batches.append({k: jax.device_put(v[None], sharding[k]) for k, v in host.items()})
         self.cursor = 0
         start = time.perf_counter()
         compiled = self.step_fn.lower(self.state, self.batches[0]).compile()

@@ -82,6 +82,38 @@ def test_loss_mask_and_padding():
                       4, pad_id=0)
     np.testing.assert_array_equal(batch["input_ids_bt"], [[5, 6, 7, 0], [8, 9, 0, 0]])
     np.testing.assert_array_equal(batch["loss_mask_bt"], [[0, 1, 1, 0], [0, 1, 0, 0]])
+    # the response window: start = the position predicting the first response token, width capped at length - 1
+    np.testing.assert_array_equal(batch["response_start_b"], [0, 0])
+    np.testing.assert_array_equal(batch["response_mask_br"], [[1, 1, 0], [1, 0, 0]])
+
+
+def test_response_window_and_bucket():
+    from reasonrank_jax.data.stream import response_bucket, response_window, sft_response_width
+
+    assert [response_bucket(n, 4096) for n in (0, 1, 128, 129, 700, 1024, 1025)] == [128, 128, 128, 256, 1024,
+                                                                                       1024, 2048]
+    assert response_bucket(3000, 2049) == 2048 and response_bucket(5, 40) == 39
+    mask = np.zeros((2, 3, 10), np.int32)
+    mask[0, 0, 4:7] = 1  # start 3
+    mask[1, 2, 8:10] = 1  # runs to the row's end: 0 past it
+    start, window = response_window(mask, 4)
+    assert start.shape == (2, 3) and window.shape == (2, 3, 4)
+    np.testing.assert_array_equal(start, [[3, 0, 0], [0, 0, 7]])
+    np.testing.assert_array_equal(window[0, 0], [1, 1, 1, 0])
+    np.testing.assert_array_equal(window[1, 2], [1, 1, 0, 0])
+    assert window[0, 1].sum() == window[1, 0].sum() == 0
+    assert response_window(mask)[1].shape == (2, 3, 9)
+    with pytest.raises(ValueError, match="window width"):
+        response_window(mask, 2)
+    mask[0, 1, 0] = 1
+    with pytest.raises(ValueError, match="position 0"):
+        response_window(mask)
+    examples = [{"input_ids": list(range(300)), "prompt_length": 100}, {"input_ids": [1] * 50, "prompt_length": 40}]
+    assert sft_response_width(examples, 384) == 256
+    batch = sft_batch(examples, 384, 0, response_width=256)
+    assert batch["response_mask_br"].shape == (2, 256)
+    np.testing.assert_array_equal(batch["response_start_b"], [99, 39])
+    assert batch["response_mask_br"].sum() == batch["loss_mask_bt"].sum() == 210
 
 
 def test_tokenize_sft_masks_only_the_response(qwen2_tokenizer_dir):

@@ -9,11 +9,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
+from reasonrank_jax.data.stream import response_window
 from reasonrank_jax.models import load_pretrained
 from reasonrank_jax.models.lora import init_lora, lora_scale, merge_lora
 from reasonrank_jax.sharding import make_mesh
 from reasonrank_jax.training.optim import learning_rate_schedule, make_optimizer
-from reasonrank_jax.training.sft import StepSpec, jit_train_step, sft_loss_sums, train_step
+from reasonrank_jax.training.logprobs import next_token_logprobs
+from reasonrank_jax.training.sft import BATCH_KEYS, StepSpec, jit_train_step, sft_loss_sums, train_step
 from reasonrank_jax.training.state import TrainState, init_state, state_shardings
 
 VOCAB = 96
@@ -34,7 +36,8 @@ def tiny_model(tmp_path_factory):
 
 
 def make_batch(num: int, length: int, seed: int = 0) -> dict:
-    """Right-padded rows with uneven prompt and response lengths; loss on the response only."""
+    """Right-padded rows with uneven prompt and response lengths; loss on the response only (loss_mask_bt, and the
+    response window the loss reads: response_start_b, response_mask_br)."""
     rng = np.random.default_rng(seed)
     ids = np.zeros((num, length), np.int32)
     attention = np.zeros((num, length), np.int32)
@@ -45,11 +48,13 @@ def make_batch(num: int, length: int, seed: int = 0) -> dict:
         ids[i, :n] = rng.integers(1, VOCAB, n)
         attention[i, :n] = 1
         loss[i, prompt:n] = 1
-    return {"input_ids_bt": ids, "attention_mask_bt": attention, "loss_mask_bt": loss}
+    start, window = response_window(loss)
+    return {"input_ids_bt": ids, "attention_mask_bt": attention, "loss_mask_bt": loss,
+            "response_start_b": start, "response_mask_br": window}
 
 
 def as_accum(batch: dict, accum: int) -> dict:
-    return {k: v.reshape(accum, v.shape[0] // accum, *v.shape[1:]) for k, v in batch.items()}
+    return {k: batch[k].reshape(accum, batch[k].shape[0] // accum, *batch[k].shape[1:]) for k in BATCH_KEYS}
 
 
 def torch_loss(model, batch):
@@ -155,3 +160,39 @@ def test_fresh_lora_adapter_leaves_the_model_unchanged(tiny_model):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert lora["layers"]["attn"]["q_proj"]["lora_a"].shape == (2, 32, 4)
     assert lora["layers"]["mlp"]["down_proj"]["lora_b"].shape == (2, 4, 32)
+
+
+def _all_positions_loss_sums(cfg, params, batch):
+    """The former formulation: the head on every position, the prompt and padding masked out afterwards."""
+    logprobs_bt = next_token_logprobs(cfg, params, batch["input_ids_bt"], batch["attention_mask_bt"])
+    mask_bt = jnp.asarray(batch["loss_mask_bt"], jnp.float32)
+    return -(logprobs_bt * mask_bt).sum(), mask_bt.sum()
+
+
+@pytest.mark.parametrize("width", [None, 16], ids=["bucket", "explicit"])
+def test_response_window_loss_equals_the_all_positions_loss(tiny_model, width):
+    """Uneven prompts and responses: a response filling the window (to the row's end, and mid-row), a window that
+    runs past its row, a short one; values and gradients equal those of the head on every position."""
+    cfg, params = load_pretrained(tiny_model, dtype="float32")
+    length = 32
+    rows = [(1, 32), (16, 32), (3, 19), (28, 30), (5, 12), (2, 25)] if width is None else \
+        [(16, 32), (3, 19), (28, 30), (5, 12), (10, 26), (2, 9)]  # (prompt length, row length)
+    rng = np.random.default_rng(7)
+    ids = np.zeros((len(rows), length), np.int32)
+    attention = np.zeros_like(ids)
+    loss = np.zeros_like(ids)
+    for i, (prompt, n) in enumerate(rows):
+        ids[i, :n], attention[i, :n], loss[i, prompt:n] = rng.integers(1, VOCAB, n), 1, 1
+    start, window = response_window(loss, width)
+    assert window.shape[1] == (length - 1 if width is None else width)
+    assert window.sum(axis=1).max() == window.shape[1]  # one response fills the window
+    batch = {"input_ids_bt": ids, "attention_mask_bt": attention, "loss_mask_bt": loss,
+             "response_start_b": start, "response_mask_br": window}
+    new = jax.jit(lambda p: sft_loss_sums(cfg, p, batch))(params)
+    old = jax.jit(lambda p: _all_positions_loss_sums(cfg, p, batch))(params)
+    assert float(new[1]) == float(old[1]) == loss.sum()
+    np.testing.assert_allclose(float(new[0]), float(old[0]), rtol=1e-6)
+    grad_new = jax.jit(jax.grad(lambda p: sft_loss_sums(cfg, p, batch)[0]))(params)
+    grad_old = jax.jit(jax.grad(lambda p: _all_positions_loss_sums(cfg, p, batch)[0]))(params)
+    for a, b in zip(jax.tree.leaves(grad_new), jax.tree.leaves(grad_old)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

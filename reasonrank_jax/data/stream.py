@@ -186,10 +186,53 @@ def pad_rows(rows: list[np.ndarray], length: int, pad_id: int, side: str = "righ
     return out
 
 
-def sft_batch(examples: list[dict], length: int, pad_id: int) -> dict[str, np.ndarray]:
-    """input_ids_bt, loss_mask_bt (1 on response tokens) and attention_mask_bt for SFT records."""
+def response_bucket(longest: int, length: int, smallest: int = 128) -> int:
+    """The static response width R of a batch padded to ``length`` whose longest response (first to last loss
+    token) has ``longest`` tokens: the smallest power of two >= max(longest, smallest), capped at ``length - 1``
+    (the number of positions that predict a token). Powers of two keep the programs compiled per padded length
+    few (about log2(length / smallest)); the head then runs on at most twice the longest response."""
+    width = smallest
+    while width < longest:
+        width *= 2
+    return max(min(width, length - 1), 1)
+
+
+def response_window(loss_mask_bt: np.ndarray, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(response_start, response_mask) of [..., seq] loss masks: per row, start = the index of the hidden state
+    that predicts its first loss token (that token's position - 1; 0 for a row without one), and response_mask
+    [..., width] = loss_mask[start + 1 : start + 1 + width] (0 past the row). ``width`` None: response_bucket of
+    the longest span here; pass the same width to every micro-batch of a global batch (one compiled program)."""
+    mask = np.asarray(loss_mask_bt)
+    lead, t = mask.shape[:-1], mask.shape[-1]
+    flat = mask.reshape(-1, t) != 0
+    if flat[:, :1].any():
+        raise ValueError("loss_mask is 1 at position 0, which no position predicts")
+    has = flat.any(axis=1)
+    first = np.where(has, flat.argmax(axis=1), 1)
+    last = np.where(has, t - 1 - flat[:, ::-1].argmax(axis=1), 0)
+    longest = int(np.maximum(last - first + 1, 0).max(initial=0))
+    width = response_bucket(longest, t) if width is None else int(width)
+    if longest > width:
+        raise ValueError(f"a response spans {longest} positions, more than the window width {width}")
+    positions = first[:, None] + np.arange(width)
+    window = np.take_along_axis(flat, np.minimum(positions, t - 1), axis=1) & (positions < t)
+    return ((first - 1).reshape(lead).astype(np.int32), window.reshape(*lead, width).astype(np.int32))
+
+
+def sft_response_width(examples: list[dict], length: int) -> int:
+    """response_bucket of the longest response among ``examples`` (pass a whole global batch, so that every
+    process and micro-batch gets the same width)."""
+    return response_bucket(max(len(e["input_ids"]) - int(e["prompt_length"]) for e in examples), length)
+
+
+def sft_batch(examples: list[dict], length: int, pad_id: int, response_width: int | None = None
+              ) -> dict[str, np.ndarray]:
+    """input_ids_bt, loss_mask_bt (1 on response tokens) and attention_mask_bt for SFT records, and the response
+    window of the loss (response_start_b, response_mask_br: see `response_window`; ``response_width`` None: the
+    bucket of these examples' longest response)."""
     ids = [np.asarray(e["input_ids"]) for e in examples]
-    return {"input_ids_bt": pad_rows(ids, length, pad_id),
-            "loss_mask_bt": np.stack([loss_mask(int(e["prompt_length"]), len(i), length)
-                                      for e, i in zip(examples, ids)]),
-            "attention_mask_bt": pad_rows([np.ones(len(i), np.int32) for i in ids], length, 0)}
+    mask_bt = np.stack([loss_mask(int(e["prompt_length"]), len(i), length) for e, i in zip(examples, ids)])
+    start_b, window_br = response_window(mask_bt, response_width)
+    return {"input_ids_bt": pad_rows(ids, length, pad_id), "loss_mask_bt": mask_bt,
+            "attention_mask_bt": pad_rows([np.ones(len(i), np.int32) for i in ids], length, 0),
+            "response_start_b": start_b, "response_mask_br": window_br}

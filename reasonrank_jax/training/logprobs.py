@@ -56,6 +56,22 @@ def next_token_logprobs(cfg: ModelConfig, params, input_ids_bt, attention_mask_b
     return jnp.pad(logprobs_bt, ((0, 0), (1, 0)))
 
 
+def window_logprobs(cfg: ModelConfig, params, input_ids_bt, attention_mask_bt, start_b, width: int,
+                    chunk: int = 1024):
+    """[batch, width]: position j of row i holds log p(input_ids[i, s + 1 + j] | input_ids[i, :s + 1 + j]) for
+    s = start_b[i], i.e. the hidden states s .. s + width - 1 of each row gathered into a [batch, width] window, the
+    head run there only. Windows that run past the row repeat its last prediction (mask those positions out). The
+    values equal those of `next_token_logprobs` at positions s + 1 .. s + width (the same head, dtype and cast)."""
+    hidden_btd = forward(cfg, params, input_ids_bt, attention_mask_bt, return_hidden=True)
+    t = input_ids_bt.shape[1]
+    if t < 2:
+        return jnp.zeros((input_ids_bt.shape[0], width), jnp.float32)
+    pos_bw = jnp.clip(start_b[:, None].astype(jnp.int32) + jnp.arange(width, dtype=jnp.int32), 0, t - 2)
+    x_bwd = jnp.take_along_axis(hidden_btd, pos_bw[..., None], axis=1)
+    targets_bw = jnp.take_along_axis(input_ids_bt, pos_bw + 1, axis=1)
+    return head_logprobs(cfg, params, x_bwd, targets_bw, chunk)
+
+
 def response_logprobs(cfg: ModelConfig, params, input_ids_bt, attention_mask_bt, response_len: int,
                       chunk: int = 1024, temperature: float = 1.0):
     """[batch, response_len]: log-probs of the last `response_len` tokens of each row ([prompt | response] rows,
