@@ -132,6 +132,10 @@ def test_think_text():
     assert syn.think_text(("apple", "river"), passages) == "[1] apple. [2] none. [3] no river, apple."
     assert syn.think_text(("apple", "river", "tiger"), passages, "by_word") == \
         "Matches. apple: [1], [3]. river: no [3]. tiger: none."
+    assert syn.think_text(("apple", "river"), passages, "copy_match") == \
+        "[1] apple stone: apple. [2] the cloud: none. [3] no river apple: no river, apple."
+    assert syn.think_text(("apple", "river"), passages, "copy_topic_match") == \
+        "[1] apple stone: apple. [2] cloud: none. [3] no river apple: no river, apple."
     with pytest.raises(ValueError):
         syn.think_text(("apple",), passages, "free")
     other = syn.sft_records(syn.SyntheticTask(seed=3, num_queries=40, think_style="by_word"), "heldout")

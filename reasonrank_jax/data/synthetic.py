@@ -42,7 +42,14 @@ first stage's. Easier variants did not help at that budget (1000 queries, model 
 words, 2-4 passage words, no swaps: 91% valid (86% at d128); the same with padding only from filler words (a local
 change of the generator) and no ``no Y`` of other words, so every topic word of a passage is a query word: 84%.
 Mention detection (finding passage [i]'s words from the think) is what is not learnt in 300 steps. ``by_word``
-reasoning learnt the format more slowly (no valid answer at 400 steps).
+reasoning learnt the format more slowly (no valid answer at 400 steps). Splitting the lookup into a copy of the
+passage and a match (``copy_match``, responses ~130 tokens, every example padded to 512) did not help either: the
+held-out loss plateaus at ~1.4 from step ~25 (the copy is not learnt), the copied text is never right (the think
+repeats one frequent unit, ``[1] no garden no garden: none.``) and the answers get worse: same setting, model seed 0,
+valid / held-out loss / nDCG@10 ours, first stage, teacher: task seed 0 50% / 1.42 / 0.584, 0.649, 0.756 (377 s of
+training on 2 busy cores); task seed 1 7.5% / 1.41 / 0.544, 0.608, 0.758 (493 s); task seed 0 with 600 steps of 8
+windows 19% / 1.37 / 0.613 (463 s); ``copy_topic_match`` (the copy without filler words, responses ~120 tokens),
+task seed 0: 11% / 1.19 / 0.578 (211 s), the think again ``[1] no garden: none.`` for every passage.
 """
 
 from __future__ import annotations
@@ -70,7 +77,7 @@ TOPIC_WORDS = (
 FILLER_WORDS = ("the", "a", "of", "and", "with", "on", "in", "near", "old", "big", "small", "red")
 NEGATION = "no"
 NO_MENTION = "none"
-THINK_STYLES = ("by_passage", "by_word")
+THINK_STYLES = ("by_passage", "by_word", "copy_match", "copy_topic_match")
 THINK_OPENER = "Matches."
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # the tokenizer's ids 0, 1, 2
@@ -104,7 +111,7 @@ class SyntheticTask:
     first_stage_noise: float = 1.0      # std of the Gaussian noise added to the lexical match count
     teacher_negation_blind: float = 1.0  # chance per window that the teacher counts `no X` as a match
     teacher_swap_prob: float = 0.1      # chance per window that the teacher swaps an adjacent pair of its ranking
-    think_style: str = "by_passage"     # the reasoning template: "by_passage" or "by_word" (see think_text)
+    think_style: str = "by_passage"     # the reasoning template, one of THINK_STYLES (see think_text)
 
     def __post_init__(self):
         for name in ("query_words", "passage_words", "num_relevant", "num_decoys"):  # lists from JSON/YAML
@@ -267,6 +274,10 @@ def think_text(query_words: Sequence[str], passages: Sequence[Passage], style: s
     ``Matches. apple: [1], [5], no [7]. river: [5].`` (``none`` when no passage mentions it); the opening word makes
     every query word follow a space, so it is the same token as in the passages. Shorter, but the answer has to
     merge the lists: tiny models learn the format more slowly with it (see the module docstring).
+    ``copy_match``: the lookup in two 1-hop steps, first a copy of passage [i]'s text, then the query words among the
+    copied ones (as ``by_passage``): ``[1] apple stone: apple. [2] the cloud: none. [3] no river apple: no river,
+    apple.`` ``copy_topic_match``: the same with the filler words left out of the copy (``[2] cloud: none.``).
+    Responses are about 130 (120) tokens instead of 85.
     """
     if style == "by_word":
         parts = []
@@ -278,6 +289,10 @@ def think_text(query_words: Sequence[str], passages: Sequence[Passage], style: s
         return " ".join([THINK_OPENER, *parts])
     if style == "by_passage":
         return " ".join(f"[{i}] {', '.join(p.query_mentions) or NO_MENTION}." for i, p in enumerate(passages, start=1))
+    if style in ("copy_match", "copy_topic_match"):
+        keep = (lambda u: u not in FILLER_WORDS) if style == "copy_topic_match" else (lambda u: True)
+        return " ".join(f"[{i}] {' '.join(filter(keep, p.units))}: {', '.join(p.query_mentions) or NO_MENTION}."
+                        for i, p in enumerate(passages, start=1))
     raise ValueError(f"unknown think style {style!r} (known: {', '.join(THINK_STYLES)})")
 
 
