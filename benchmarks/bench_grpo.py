@@ -373,9 +373,8 @@ def main() -> None:  # noqa: C901 - a linear script
           f"{args.response - 1} decode steps: shared {shared - med['shared_1']:.3f} s, every row "
           f"{every - med['every_row_1']:.3f} s")
     both, ref = (statistics.median(logprob_passes[k]) for k in ("old_and_ref", "ref_only"))
-    print(f"our logprobs phase (last step's rows; median of {args.prefill_repeats}): old + reference (train grpo) "
-          f"{both:.3f} s, reference only {ref:.3f} s: skipping the old log-probs when a step has one update "
-          f"(they are the update's own) would save {both - ref:.3f} s per step")
+    print(f"our logprobs phase (last step's rows; median of {args.prefill_repeats}): reference only (train grpo "
+          f"with one update a step) {ref:.3f} s; old + reference (needed for a second update) {both:.3f} s")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
