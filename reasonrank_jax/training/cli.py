@@ -35,28 +35,16 @@ def run_sft(config: SFTConfig) -> int:  # noqa: C901 - the edge where every side
     import jax
     from tqdm import tqdm
 
-    from reasonrank_jax.config import to_yaml
     from reasonrank_jax.data.stream import BatchPlan, bucket_lengths, sft_batch, sft_response_width
     from reasonrank_jax.errors import InputError
-    from reasonrank_jax.outputs import OutputDir, atomic_write
-    from reasonrank_jax.sharding import make_mesh
+    from reasonrank_jax.outputs import atomic_write
     from reasonrank_jax.text import load_tokenizer
     from reasonrank_jax.training import loop, setup
     from reasonrank_jax.training.checkpoint import Checkpointer, PreemptionGuard
     from reasonrank_jax.training.sft import BATCH_KEYS, batch_shardings, jit_train_step
 
     model, data, train, lora_cfg = config.model, config.data, config.train, config.lora
-    run = OutputDir(train.out, "train sft", field="train.out", can_overwrite=False)
-    config_text = to_yaml(config, "train sft")
-    loop.check_same_run(train.out, config, "train sft")
-    try:
-        mesh = make_mesh(config.mesh.shape)
-    except ValueError as err:
-        raise InputError(str(err), field="mesh") from None
-    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
-    if train.micro_batch % data_parallel:
-        raise InputError(f"must be a multiple of the data-parallel devices (mesh.data x mesh.fsdp = "
-                         f"{data_parallel}), got {train.micro_batch}", field="train.micro_batch")
+    run, config_text, mesh = loop.open_run(config, "train sft")
 
     tokenizer = load_tokenizer(setup.tokenizer_dir(model))
     examples, counts = _load_examples(data.path, tokenizer, data, "data.path")

@@ -119,6 +119,28 @@ def check_same_run(run_dir: str, config, command: str) -> None:
                                  f"{value!r}; use another train.out", path=path, field=f"{section}.{key}")
 
 
+def open_run(config, command: str):
+    """(run directory, resolved config text, mesh) of a training command, checked before anything is written: the
+    directory holds no other run, the mesh fits the devices, the micro-batch splits over its data axes."""
+    from reasonrank_jax.config import to_yaml
+    from reasonrank_jax.outputs import OutputDir
+    from reasonrank_jax.sharding import make_mesh
+
+    train = config.train
+    run = OutputDir(train.out, command, field="train.out", can_overwrite=False)
+    config_text = to_yaml(config, command)
+    check_same_run(train.out, config, command)
+    try:
+        mesh = make_mesh(config.mesh.shape)
+    except ValueError as err:
+        raise InputError(str(err), field="mesh") from None
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    if train.micro_batch % data_parallel:
+        raise InputError(f"must be a multiple of the data-parallel devices (mesh.data x mesh.fsdp = "
+                         f"{data_parallel}), got {train.micro_batch}", field="train.micro_batch")
+    return run, config_text, mesh
+
+
 def save_after_step(checkpointer, step: int, total_steps: int, saved, metadata, guard) -> bool:
     """Checkpoint after optimizer step `step` (every save_every, the last step, and at once when SIGTERM was
     received). True when the run must stop here (preempted)."""

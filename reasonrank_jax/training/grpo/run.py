@@ -47,11 +47,9 @@ def run_grpo(config: GRPOConfig) -> int:  # noqa: C901 - the edge where every si
     import jax.numpy as jnp
     from tqdm import tqdm
 
-    from reasonrank_jax.config import to_yaml
     from reasonrank_jax.errors import InputError
     from reasonrank_jax.models.lora import merge_lora
-    from reasonrank_jax.outputs import OutputDir, atomic_write
-    from reasonrank_jax.sharding import make_mesh
+    from reasonrank_jax.outputs import atomic_write
     from reasonrank_jax.text import load_tokenizer
     from reasonrank_jax.text.tokenizer import eos_token_ids
     from reasonrank_jax.training import loop, setup
@@ -61,17 +59,7 @@ def run_grpo(config: GRPOConfig) -> int:  # noqa: C901 - the edge where every si
                                                    jit_update_step)
 
     model, data, train, g = config.model, config.data, config.train, config.grpo
-    run = OutputDir(train.out, "train grpo", field="train.out", can_overwrite=False)
-    config_text = to_yaml(config, "train grpo")
-    loop.check_same_run(train.out, config, "train grpo")
-    try:
-        mesh = make_mesh(config.mesh.shape)
-    except ValueError as err:
-        raise InputError(str(err), field="mesh") from None
-    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
-    if train.micro_batch % data_parallel:
-        raise InputError(f"must be a multiple of the data-parallel devices (mesh.data x mesh.fsdp = "
-                         f"{data_parallel}), got {train.micro_batch}", field="train.micro_batch")
+    run, config_text, mesh = loop.open_run(config, "train grpo")
 
     tokenizer = load_tokenizer(setup.tokenizer_dir(model))
     examples, counts = _load(data.path, tokenizer, g.max_prompt, "data.path")
