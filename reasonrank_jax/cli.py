@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("reasonrank_jax.data.cli", "build, filter, inspect and synthesize training data"),
     "train": ("reasonrank_jax.training.cli", "train a reranker: SFT (full or LoRA) and GRPO on the device mesh, resumable"),
     "export": ("reasonrank_jax.training.export", "write a trained checkpoint as a Hugging Face model (LoRA merged)"),
+    "plan": ("reasonrank_jax.scale.plan", "compile a training step for a TPU topology from this host: memory per "
+                                          "chip, fit, FLOPs, step-time bound"),
+    "launch": ("reasonrank_jax.launch.cli", "launch a command on a TPU VM pod, a GKE cluster (XPK) or N local "
+                                            "processes"),
 }
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*=")
@@ -86,7 +90,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         base, _ = unwrap_optional(tp)
         many = getattr(base, "__origin__", None) is tuple
         kwargs = {"default": argparse.SUPPRESS, "help": _describe(field, tp)}
-        if meta.get("positional"):
+        if meta.get("rest"):
+            parser.add_argument(name, nargs=argparse.REMAINDER, metavar="-- " + (meta.get("metavar") or "ARGS"),
+                                **kwargs)
+        elif meta.get("positional"):
             parser.add_argument(name, nargs="*" if many else "?", metavar=meta.get("metavar") or name.upper(),
                                 **kwargs)
         elif base is bool:
@@ -94,7 +101,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             metavar = meta.get("metavar") or ("{" + ",".join(map(str, meta["choices"])) + "}"
                                               if meta.get("choices") else name.split("_")[-1].upper())
-            parser.add_argument(flag_name(name), dest=name, nargs="+" if many else None, metavar=metavar, **kwargs)
+            names = [flag_name(name)] + ([meta["short"]] if meta.get("short") else [])
+            parser.add_argument(*names, dest=name, nargs="+" if many else None, metavar=metavar, **kwargs)
+    if getattr(cls, "TRAINING_CONFIG", False):
+        parser.add_argument("--config", metavar="YAML", default=argparse.SUPPRESS,
+                            help="the training config (as for `train sft|grpo`); section.key=VALUE arguments "
+                                 "override it")
+        parser.add_argument("--print-config", action="store_true", default=argparse.SUPPRESS,
+                            help="print the resolved config as YAML and exit")
+        return
     parser.add_argument("--config", metavar="YAML", default=argparse.SUPPRESS,
                         help="settings for this command from a YAML file; the command line overrides them")
     parser.add_argument("--print-config", action="store_true", default=argparse.SUPPRESS,
@@ -136,6 +151,8 @@ def _split_overrides(argv: list[str], cls: type) -> tuple[list[str], list[str]]:
                    if not is_config(tp) and unwrap_optional(tp)[0] is not bool} | {"--config"}
     overrides, rest = [], []
     for i, arg in enumerate(argv):
+        if arg == "--":  # what follows is another command's, untouched
+            return overrides, rest + argv[i:]
         after_option = i > 0 and argv[i - 1] in takes_value
         if _OVERRIDE.match(arg) and not after_option and not os.path.exists(arg):
             overrides.append(arg)
@@ -145,15 +162,28 @@ def _split_overrides(argv: list[str], cls: type) -> tuple[list[str], list[str]]:
 
 
 def resolve_config(cls: type, args: argparse.Namespace, overrides: list[str]):
-    """defaults < --config < options < KEY=VALUE; every value checked by the config (see config.py)."""
+    """defaults < --config < options < KEY=VALUE; every value checked by the config (see config.py).
+
+    A config class with ``TRAINING_CONFIG = True`` (plan, launch) is about a training run: its ``--config`` is the
+    training YAML and the KEY=VALUE arguments override that, so both land in its ``config`` and ``overrides``
+    fields, to be resolved by the command (`training.setup.load_training_config`)."""
     values = Values(cls)
     config_path = getattr(args, "config", None)
-    if config_path:
+    training = getattr(cls, "TRAINING_CONFIG", False)
+    if training:
+        if config_path:
+            values.set("config", config_path, Source(None, "--config"))
+        values.set("overrides", tuple(overrides), Source(None, "KEY=VALUE"))
+        overrides, config_path = [], None
+    elif config_path:
         values.set_mapping(read_yaml_mapping(config_path), config_path)
     for name, (field, tp) in fields_of(cls).items():
-        if not is_config(tp) and hasattr(args, name):
+        if not is_config(tp) and hasattr(args, name) and not (training and name == "config"):
             label = name if field.metadata.get("positional") else flag_name(name)
-            values.set(name, getattr(args, name), Source(None, label))
+            value = getattr(args, name)
+            if field.metadata.get("rest"):
+                value = tuple(value[1:] if value[:1] == ["--"] else value)
+            values.set(name, value, Source(None, label))
     for text in overrides:
         key, value = parse_override(text)
         values.set(key, value, Source(None, text))

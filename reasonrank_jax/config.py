@@ -36,12 +36,13 @@ _NUMBERS = {int: ("an integer", (int,)), float: ("a finite number", (int, float)
 
 def option(default: Any = None, *, help: str = "", choices: tuple | None = None, min: float | None = None,
            max: float | None = None, required: bool = False, positional: bool = False,
-           metavar: str | None = None, flag: bool = True) -> Any:
+           metavar: str | None = None, flag: bool = True, short: str | None = None, rest: bool = False) -> Any:
     """A config option. ``required``: there is no default and it must be given somewhere; ``positional``: a
     positional command-line argument (a tuple field takes several); ``flag=False``: settable only from the
-    YAML file and ``key=value`` (for sections of training configs)."""
+    YAML file and ``key=value`` (for sections of training configs); ``short``: a one-letter alias (``-n``);
+    ``rest``: a tuple field taking every argument after ``--`` (a command to run, untouched)."""
     meta = {"help": help, "choices": choices, "min": min, "max": max, "required": required,
-            "positional": positional, "metavar": metavar, "flag": flag}
+            "positional": positional, "metavar": metavar, "flag": flag, "short": short, "rest": rest}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple for a list default: config dataclasses are frozen")
     return dataclasses.field(default=default, metadata=meta)

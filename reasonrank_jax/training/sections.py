@@ -169,3 +169,34 @@ class GRPOConfig:
         if rows % self.train.micro_batch:
             raise ConfigCheckError("train.micro_batch", f"must divide the sequences of an update (grpo.mini_batch x "
                                                         f"grpo.rollouts = {rows}), got {self.train.micro_batch}")
+
+
+TRAINERS = {"sft": SFTConfig, "grpo": GRPOConfig}
+
+
+def trainer_of(mapping: dict, written: str | None = None) -> str:
+    """Which trainer a training YAML is for: the command a resolved config names, else 'grpo' when it has a grpo
+    section, else 'sft'."""
+    if written in ("train sft", "train grpo"):
+        return written.split()[1]
+    return "grpo" if "grpo" in mapping else "sft"
+
+
+def load_training_config(path: str | None, overrides: tuple[str, ...] = (), trainer: str | None = None,
+                         field: str = "--config"):
+    """(trainer, SFTConfig | GRPOConfig) from a training YAML and section.key=VALUE overrides, checked as `train`
+    checks them; used by the commands that plan or launch a training run."""
+    from reasonrank_jax.config import Source, Values, parse_override, read_yaml_mapping, written_by
+    from reasonrank_jax.errors import InputError
+
+    if not path:
+        raise InputError("a training config is required (the YAML given to `train sft|grpo --config`)", field=field)
+    mapping = read_yaml_mapping(path)
+    with open(path, encoding="utf-8") as f:
+        trainer = trainer or trainer_of(mapping, written_by(f.read(4096)))
+    values = Values(TRAINERS[trainer])
+    values.set_mapping(mapping, path)
+    for text in overrides:
+        key, value = parse_override(text)
+        values.set(key, value, Source(None, text))
+    return trainer, values.build(path)
