@@ -104,6 +104,23 @@ def attend(q_bkgte, k_bkes, v_bkse, mask_bts):
     return jnp.einsum("bkgts,bkse->bkgte", probs_bkgts, v_bkse)
 
 
+TRAIN_QUERY_BLOCK = 512  # long sequences without a cache: attention one query block at a time (`blockwise_attend`)
+BLOCKWISE_FROM = 2048
+
+
+def blockwise_attend(q_bkgte, k_bkes, v_bkse, mask_bts, block: int):
+    """`attend`, one block of `block` queries at a time, each block rematerialised in the backward pass: memory is
+    one [b, h, block, s] score tile instead of [b, h, t, s] (at 23,552 tokens and 28 heads, 1.3 GB per sequence
+    instead of 62 GB). Every query row's softmax still covers all its keys, so the values are those of `attend`."""
+    b, k, g, t, e = q_bkgte.shape
+    n = t // block
+    q_nbkgqe = q_bkgte.reshape(b, k, g, n, block, e).transpose(3, 0, 1, 2, 4, 5)
+    mask_nbqs = mask_bts.reshape(b, n, block, -1).transpose(1, 0, 2, 3)
+    one_block = jax.checkpoint(lambda qm: attend(qm[0], k_bkes, v_bkse, qm[1]))
+    out_nbkgqe = jax.lax.map(one_block, (q_nbkgqe, mask_nbqs))
+    return out_nbkgqe.transpose(1, 2, 3, 0, 4, 5).reshape(b, k, g, t, e)
+
+
 QUERY_BLOCK = 256  # prefill attention block sizes: a [b, h, 256, 512] score tile instead of [b, h, t, s]
 KEY_BLOCK = 512
 
@@ -191,7 +208,10 @@ class Attention(nn.Module):
         k_btke = apply_rope(k_btke, cos, sin)
 
         q_bkgte = q_bthe.reshape(b, t, k, h // k, e).transpose(0, 2, 3, 1, 4)
-        if cache is None:
+        if cache is None and t >= BLOCKWISE_FROM and t % TRAIN_QUERY_BLOCK == 0:
+            out_bkgte = blockwise_attend(q_bkgte, k_btke.transpose(0, 2, 3, 1), v_btke.transpose(0, 2, 1, 3), mask,
+                                         TRAIN_QUERY_BLOCK)
+        elif cache is None:
             out_bkgte = attend(q_bkgte, k_btke.transpose(0, 2, 3, 1), v_btke.transpose(0, 2, 1, 3), mask)
         else:  # mask is kv_mask_bs: which cache slots hold tokens; causality comes from the write positions
             cache = _write_rows(cache, k_btke, v_btke, write_pos_b)
