@@ -93,6 +93,14 @@ def _process_slice(batch: np.ndarray, process_index: int, process_count: int) ->
     return batch[process_index * per:(process_index + 1) * per]
 
 
+def micro_batch_rows(batch: np.ndarray, accum: int, process_index: int, process_count: int) -> np.ndarray:
+    """This process's rows of a global batch split into `accum` micro-batches: its share of every micro-batch, in
+    order, so that micro-batch a holds the same rows on any number of processes (process p feeds the devices that
+    hold rows [p * m / P, (p + 1) * m / P) of each micro-batch of m)."""
+    micro_bm = np.asarray(batch).reshape(accum, -1)
+    return _process_slice(micro_bm.T, process_index, process_count).T.reshape(-1)
+
+
 def batch_indices(num_examples: int, global_batch: int, seed: int, epoch: int, step: int,
                   process_index: int = 0, process_count: int = 1) -> np.ndarray:
     """Example indices this process reads at (seed, epoch, step); step counts within the epoch."""

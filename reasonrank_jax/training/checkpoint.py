@@ -208,6 +208,12 @@ def _aside_name(path: str) -> str:
 # Checkpointer
 
 
+def _multi_process() -> bool:
+    import jax
+
+    return jax.process_count() > 1
+
+
 class Checkpointer:
     """Checkpoints of one run under `directory` (one subdirectory per step), orbax underneath.
 
@@ -293,7 +299,11 @@ class Checkpointer:
         """Move finalized-but-incomplete step directories aside, once: orbax must not keep or collide with them."""
         if self._tidied:
             return
+        from reasonrank_jax import distributed
+
         _, incomplete = scan(self.directory, ignore_tmp_steps=[])
+        if not distributed.is_primary():  # process 0 moves them; the others wait below, then reload
+            incomplete = []
         moved = False
         for path, _, reason in incomplete:
             if _STEP_RE.fullmatch(os.path.basename(path)):
@@ -302,7 +312,8 @@ class Checkpointer:
                 warnings.warn(f"moved incomplete checkpoint {path} to {aside}: {reason}", IncompleteCheckpointWarning,
                               stacklevel=3)
                 moved = True
-        if moved:
+        distributed.barrier("checkpoints tidied")
+        if moved or _multi_process():
             self._manager.reload()
         self._tidied = True
 
@@ -353,6 +364,10 @@ class Checkpointer:
                 self._manager.check_for_errors()
             finally:
                 self._inflight = None
+            if _multi_process():  # process 0 finalizes (manifest, rename): no process scans before it is done
+                from reasonrank_jax import distributed
+
+                distributed.barrier("checkpoint finalized")
 
     def close(self) -> None:
         if self._closed:

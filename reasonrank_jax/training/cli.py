@@ -35,9 +35,8 @@ def run_sft(config: SFTConfig) -> int:  # noqa: C901 - the edge where every side
     import jax
     from tqdm import tqdm
 
-    from reasonrank_jax.data.stream import BatchPlan, bucket_lengths, sft_batch, sft_response_width
+    from reasonrank_jax.data.stream import BatchPlan, bucket_lengths, micro_batch_rows, sft_batch, sft_response_width
     from reasonrank_jax.errors import InputError
-    from reasonrank_jax.outputs import atomic_write
     from reasonrank_jax.text import load_tokenizer
     from reasonrank_jax.training import loop, setup
     from reasonrank_jax.training.checkpoint import Checkpointer, PreemptionGuard
@@ -65,9 +64,7 @@ def run_sft(config: SFTConfig) -> int:  # noqa: C901 - the edge where every side
     if start:
         state = setup.restore(prepared, checkpointer, start)
     metadata = prepared.metadata(config)
-    # The run has really started: record it.
-    run.create()
-    atomic_write(f"{train.out}/config.yaml", config_text)
+    loop.start_run(run, train.out, config_text)
     log = loop.MetricsLog(train.out, start)
     step = jit_train_step(spec, prepared.shardings, mesh)
     heldout_loss = _heldout_evaluator(spec.cfg, heldout, data, train, tokenizer, spec) if heldout else None
@@ -76,17 +73,18 @@ def run_sft(config: SFTConfig) -> int:  # noqa: C901 - the edge where every side
     peak = loop.peak_flops(jax.devices()[0])
     flops_of: dict[tuple[int, int], float | None] = {}  # per (padded length, response width): one program each
     shardings_in = batch_shardings(mesh)
-    print(f"train sft: {len(examples)} examples ({dict(counts)}), {plan.steps_per_epoch} steps per epoch, "
+    loop.say(f"train sft: {len(examples)} examples ({dict(counts)}), {plan.steps_per_epoch} steps per epoch, "
           f"{total_steps} steps, {'LoRA rank ' + str(lora_cfg.rank) if use_lora else 'full fine-tuning'}, "
-          f"mesh {dict(mesh.shape)}" + (f"; resuming at step {start}" if start else ""), flush=True)
+          f"mesh {dict(mesh.shape)}" + (f"; resuming at step {start}" if start else ""))
 
     preempted, s = False, start - 1  # s: the step index in flight (none when the run is already complete)
     with PreemptionGuard() as guard, tqdm(total=total_steps, initial=start, unit="step", desc="sft",
-                                          dynamic_ncols=True) as progress:
+                                          dynamic_ncols=True, disable=jax.process_index() > 0) as progress:
         for s in range(start, total_steps):
             epoch, in_epoch = divmod(s, plan.steps_per_epoch)
             length = plan.padded_length(epoch, in_epoch)
-            rows = [examples[i] for i in plan.indices(epoch, in_epoch, jax.process_index(), jax.process_count())]
+            rows = [examples[i] for i in micro_batch_rows(plan.global_batch_indices(epoch, in_epoch), accum,
+                                                          jax.process_index(), jax.process_count())]
             # the response window's width from the whole global batch: the same on every process
             width = sft_response_width([examples[i] for i in plan.global_batch_indices(epoch, in_epoch)], length)
             local = sft_batch(rows, length, pad_id, width)

@@ -50,10 +50,14 @@ class MetricsLog:
     per-step logs of a run (e.g. GRPO's eval.jsonl)."""
 
     def __init__(self, run_dir: str, resume_step: int, name: str = "metrics.jsonl", tensorboard: bool = True):
+        from reasonrank_jax.distributed import is_primary
+
         self.path = os.path.join(run_dir, name)
+        self.file = self.writer = None
+        if not is_primary():  # one log per run: process 0 writes it
+            return
         self._keep_until(resume_step)
         self.file = open(self.path, "a", encoding="utf-8")
-        self.writer = None
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -77,6 +81,8 @@ class MetricsLog:
         atomic_write(self.path, "".join(kept))
 
     def write(self, record: dict) -> None:
+        if self.file is None:
+            return
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         for key, value in record.items() if self.writer else ():
@@ -84,7 +90,8 @@ class MetricsLog:
                 self.writer.add_scalar(f"train/{key}", value, record["step"])
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.writer:
             self.writer.close()
 
@@ -121,11 +128,15 @@ def check_same_run(run_dir: str, config, command: str) -> None:
 
 def open_run(config, command: str):
     """(run directory, resolved config text, mesh) of a training command, checked before anything is written: the
-    directory holds no other run, the mesh fits the devices, the micro-batch splits over its data axes."""
+    directory holds no other run, the mesh fits the devices, the micro-batch splits over its data axes. Joins the
+    multi-host runtime first when started as one of several processes (reasonrank_jax/distributed.py); every
+    process checks, and none goes on before all have (so no check sees another process's first writes)."""
+    from reasonrank_jax import distributed
     from reasonrank_jax.config import to_yaml
     from reasonrank_jax.outputs import OutputDir
     from reasonrank_jax.sharding import make_mesh
 
+    distributed.initialize()
     train = config.train
     run = OutputDir(train.out, command, field="train.out", can_overwrite=False)
     config_text = to_yaml(config, command)
@@ -138,17 +149,49 @@ def open_run(config, command: str):
     if train.micro_batch % data_parallel:
         raise InputError(f"must be a multiple of the data-parallel devices (mesh.data x mesh.fsdp = "
                          f"{data_parallel}), got {train.micro_batch}", field="train.micro_batch")
+    distributed.barrier("open_run checked")
     return run, config_text, mesh
+
+
+def start_run(run, run_dir: str, config_text: str) -> None:
+    """The run has really started: process 0 records it (config.yaml); the others wait for that."""
+    from reasonrank_jax import distributed
+
+    if distributed.is_primary():
+        run.create()
+        atomic_write(f"{run_dir}/config.yaml", config_text)
+    distributed.barrier("run started")
+
+
+def say(text: str) -> None:
+    """A line of the run's report, from process 0 only."""
+    from reasonrank_jax.distributed import is_primary
+
+    if is_primary():
+        print(text, flush=True)
 
 
 def save_after_step(checkpointer, step: int, total_steps: int, saved, metadata, guard) -> bool:
     """Checkpoint after optimizer step `step` (every save_every, the last step, and at once when SIGTERM was
     received). True when the run must stop here (preempted)."""
     checkpointer.save(step, saved, metadata, force=step == total_steps)
-    if guard.requested and step < total_steps:
+    if _any_process(guard.requested) and step < total_steps:
         checkpointer.save(step, saved, metadata, force=True)
         return True
     return False
+
+
+def _any_process(flag: bool) -> bool:
+    """Whether `flag` holds on any process: all processes must stop at the same step (a SIGTERM may reach the hosts
+    of a pod at different steps)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return flag
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
 
 
 def finish(command: str, run_dir: str, step: int, total_steps: int, preempted: bool, checkpointer, *logs) -> int:
@@ -157,9 +200,9 @@ def finish(command: str, run_dir: str, step: int, total_steps: int, preempted: b
     for log in logs:
         log.close()
     if preempted:
-        print(f"{command}: preempted; checkpoint of step {step} saved, rerun the same command to resume", flush=True)
+        say(f"{command}: preempted; checkpoint of step {step} saved, rerun the same command to resume")
         return PREEMPTED_EXIT_CODE
-    print(f"{command}: done, {total_steps} steps; checkpoints in {run_dir}/checkpoints", flush=True)
+    say(f"{command}: done, {total_steps} steps; checkpoints in {run_dir}/checkpoints")
     return 0
 
 
