@@ -59,33 +59,16 @@ class TpuType:
     chips_per_host: int
 
 
-# name prefix -> (generation, prefix of the accelerator type, the number counts TensorCores (2 per chip), most)
-_PREFIXES = {"v4": ("v4", "v4", True, 8192), "v5p": ("v5p", "v5p", True, 12288),
-             "v5e": ("v5e", "v5litepod", False, 256), "v5litepod": ("v5e", "v5litepod", False, 256),
-             "v6e": ("v6e", "v6e", False, 256)}
-_SINGLE_VM_CHIPS = (1, 4, 8)  # v5e / v6e slices of one VM; larger ones are 4 chips per VM
-
-
 def parse_tpu(name: str) -> TpuType:
-    """'v5p-64' -> TpuType('v5p', 'v5p-64', chips=32, hosts=8, chips_per_host=4); an InputError for others."""
-    match = re.fullmatch(r"([a-z0-9]+)-(\d+)", str(name).strip().lower())
-    if not match or match.group(1) not in _PREFIXES:
-        raise InputError(f"unknown TPU type {name!r}: expected v4-N, v5e-N (or v5litepod-N), v5p-N or v6e-N, "
-                         f"e.g. v5p-64")
-    generation, prefix, cores, most = _PREFIXES[match.group(1)]
-    number = int(match.group(2))
-    if cores:
-        if number % 8 or not 8 <= number <= most:
-            raise InputError(f"{name}: for {generation} the number counts TensorCores (2 per chip, 4 chips per "
-                             f"host), so it must be a multiple of 8 from 8 to {most}, e.g. {generation}-64")
-        chips = number // 2
-        return TpuType(generation, f"{prefix}-{number}", chips, chips // 4, 4)
-    valid = (1, 4, 8, 16, 32, 64, 128, 256)
-    if number not in valid:
-        raise InputError(f"{name}: for {generation} the number counts chips, one of "
-                         f"{', '.join(map(str, valid))}")
-    per_host = number if number in _SINGLE_VM_CHIPS else 4
-    return TpuType(generation, f"{prefix}-{number}", number, number // per_host, per_host)
+    """'v5p-64' -> TpuType('v5p', 'v5p-64', chips=32, hosts=8, chips_per_host=4); an InputError for others. The
+    shapes are those `plan` compiles for (reasonrank_jax/scale/topology.py)."""
+    from reasonrank_jax.scale.topology import parse_slice
+
+    tpu = parse_slice(name, field="--tpu")
+    generation = tpu.generation.name
+    prefix = "v5litepod" if generation == "v5e" else generation
+    return TpuType(generation, f"{prefix}-{tpu.chips * tpu.generation.cores_per_chip}", tpu.chips, tpu.hosts,
+                   tpu.chips_per_host)
 
 
 def describe_tpu(tpu: TpuType) -> str:

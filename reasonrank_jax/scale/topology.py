@@ -25,13 +25,14 @@ class Generation:
     peak_bf16_flops: float    # per chip, dense bf16 (Cloud TPU documentation)
     hbm_bytes_per_s: float    # per chip (Cloud TPU documentation)
     device_kind: str          # jax's device_kind
+    max_chips: int            # the largest slice
 
 
 GENERATIONS = {
-    "v4": Generation("v4", "v4", "megacore", 2, 3, 30.75, 275e12, 1228e9, "TPU v4"),
-    "v5p": Generation("v5p", "v5", "megacore", 2, 3, 95.74, 459e12, 2765e9, "TPU v5"),
-    "v5e": Generation("v5e", "v5e", "default", 1, 2, 15.75, 197e12, 819e9, "TPU v5 lite"),
-    "v6e": Generation("v6e", "v6e", "default", 1, 2, 31.25, 918e12, 1640e9, "TPU v6 lite"),
+    "v4": Generation("v4", "v4", "megacore", 2, 3, 30.75, 275e12, 1228e9, "TPU v4", 4096),
+    "v5p": Generation("v5p", "v5", "megacore", 2, 3, 95.74, 459e12, 2765e9, "TPU v5", 6144),
+    "v5e": Generation("v5e", "v5e", "default", 1, 2, 15.75, 197e12, 819e9, "TPU v5 lite", 256),
+    "v6e": Generation("v6e", "v6e", "default", 1, 2, 31.25, 918e12, 1640e9, "TPU v6 lite", 256),
 }
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e"}
 CHIPS_PER_HOST = 4
@@ -96,9 +97,10 @@ def parse_slice(name: str, field: str = "--topology") -> TpuSlice:
     generation = GENERATIONS[_ALIASES.get(match.group(1), match.group(1))]
     size = int(match.group(2))
     chips, rest = divmod(size, generation.cores_per_chip)
-    grid = chip_grid(chips, generation.dims) if not rest else ()
+    grid = chip_grid(chips, generation.dims) if not rest and chips <= generation.max_chips and chips != 2 else ()
     if not grid:
-        what = "TensorCores (2 per chip; 8, 16, 32, ...)" if generation.cores_per_chip == 2 else \
-            "chips (1, 4, 8, 16, ...)"
+        most = generation.max_chips * generation.cores_per_chip
+        what = f"TensorCores (2 per chip; 8, 16, 32, ... {most})" if generation.cores_per_chip == 2 else \
+            f"chips (1, 4, 8, 16, ... {most})"
         raise InputError(f"{name}: {generation.name} slices are named by their {what}; got {size}", field=field)
     return TpuSlice(name=name, generation=generation, chips=chips, grid=grid)
