@@ -226,7 +226,7 @@ def _build(cls: type, raw: dict, prefix: str, config_path: str | None):
         kwargs[name], sources[name] = value, source
     for name, (field, tp) in fields_of(cls).items():
         if field.metadata.get("required") and kwargs.get(name) in (None, ()) and not is_config(tp):
-            raise InputError(f"missing required option {_ways_to_give(prefix + name, field)}",
+            raise InputError(f"missing required option {_ways_to_give(prefix + name, field, cls)}",
                              path=config_path)
     for group in getattr(cls, "ONE_OF", ()):
         given = [n for n in group.names if kwargs.get(n) not in (None, ())]
@@ -235,7 +235,7 @@ def _build(cls: type, raw: dict, prefix: str, config_path: str | None):
                 f"give only one of {', '.join(flag_name(n) for n in group.names)} "
                 f"({prefix + given[0]} and {prefix + given[1]} are both set)")
         if group.required and not given:
-            raise InputError(f"give one of {', '.join(_ways_to_give(prefix + n, fields_of(cls)[n][0]) for n in group.names)}",
+            raise InputError(f"give one of {', '.join(_ways_to_give(prefix + n, fields_of(cls)[n][0], cls) for n in group.names)}",
                              path=config_path)
     config = cls(**kwargs)
     check = getattr(config, "check", None)
@@ -248,8 +248,10 @@ def _build(cls: type, raw: dict, prefix: str, config_path: str | None):
     return config
 
 
-def _ways_to_give(dotted: str, field: dataclasses.Field) -> str:
+def _ways_to_give(dotted: str, field: dataclasses.Field, cls: type | None = None) -> str:
     name = dotted.rsplit(".", 1)[-1]
+    if getattr(cls, "TRAINING_CONFIG", False):  # its --config is a training YAML, not its own settings
+        return flag_name(name)
     if field.metadata.get("positional"):
         return f"{field.metadata.get('metavar') or name.upper()} (or '{dotted}:' in --config)"
     if field.metadata.get("flag", True) and "." not in dotted:

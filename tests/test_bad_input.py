@@ -161,6 +161,21 @@ CASES = [
     Case("export-not-a-run", ("export", "{foreign_dir}", "--out", "{new_out}"), ("{foreign_dir}", "config.yaml")),
     Case("export-no-out", ("export", "{foreign_dir}"), ("missing required", "out")),
     Case("export-dtype", ("export", "{foreign_dir}", "--out", "{new_out}", "--dtype", "float16"), ("dtype",)),
+    # plan and launch: --config is the training YAML, so there is no config form of these rows
+    Case("plan-no-training-config", ("plan", "--topology", "v5p-8"), ("--config", "training config"), False),
+    Case("plan-unknown-slice", ("plan", "--config", "{qrels}", "--topology", "v9-8"), ("--topology", "v9-8"), False),
+    Case("plan-odd-slice", ("plan", "--config", "{qrels}", "--topology", "v5p-12"), ("--topology", "v5p-12"),
+         False),
+    Case("plan-no-topology", ("plan", "--config", "{qrels}"), ("missing required", "--topology"), False),
+    Case("plan-config-not-a-mapping", ("plan", "--config", "{qrels}", "--topology", "v5p-8"), ("{qrels}",), False),
+    Case("plan-bad-phase", ("plan", "--config", "{qrels}", "--topology", "v5p-8", "--phase", "decode"),
+         ("--phase",), False),
+    Case("launch-local-nothing-to-run", ("launch", "local", "-n", "2"), ("nothing to run",), False),
+    Case("launch-local-zero-processes", ("launch", "local", "-n", "0", "--", "eval"), ("num-processes",), False),
+    Case("launch-local-both", ("launch", "local", "--config", "{qrels}", "--", "eval"), ("either",), False),
+    Case("launch-local-bad-training-config", ("launch", "local", "--config", "{qrels}"), ("{qrels}",), False),
+    Case("launch-tpu-vm-unknown-slice", ("launch", "tpu-vm", "--config", "{qrels}", "--tpu", "v9-8", "--zone", "z",
+                                         "--project", "p", "--name", "n", "--dry-run"), ("v9-8",), False),
 ]
 
 

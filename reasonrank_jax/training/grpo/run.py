@@ -60,6 +60,11 @@ def run_grpo(config: GRPOConfig) -> int:  # noqa: C901 - the edge where every si
 
     model, data, train, g = config.model, config.data, config.train, config.grpo
     run, config_text, mesh = loop.open_run(config, "train grpo")
+    if jax.process_count() > 1:
+        # The rollouts gather each host's sampled tokens to score them; that exchange is not written yet.
+        raise InputError(f"train grpo runs as one process for now (started as {jax.process_count()}); multi-host "
+                         "GRPO rollouts are not implemented: use one host's devices (mesh section)",
+                         field="launch")
 
     tokenizer = load_tokenizer(setup.tokenizer_dir(model))
     examples, counts = _load(data.path, tokenizer, g.max_prompt, "data.path")
