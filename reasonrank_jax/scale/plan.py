@@ -72,7 +72,10 @@ def tpu_compiler_available() -> bool:
 def _quiet_libtpu_env(slice_name: str) -> None:
     """libtpu looks for a TPU VM's metadata server and worker list unless told; none of that exists here."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", slice_name),
+    # ALLOW_MULTIPLE_LIBTPU_LOAD: compiling touches no TPU, so plans may run side by side (libtpu's lockfile would
+    # otherwise refuse a second process)
+    for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"),
+                       ("TPU_ACCELERATOR_TYPE", slice_name),
                        ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_WORKER_ID", "0")):
         os.environ.setdefault(key, value)
 
