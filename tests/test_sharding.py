@@ -157,3 +157,44 @@ def test_generate_with_sharded_decode_weights_equals_unsharded(mesh):
     expected = generate(cfg, params, prompts, 6, [])
     assert len({tuple(tokens) for tokens in expected}) > 1  # not a degenerate model
     assert generate(cfg, shard_params(mesh, params), prompts, 6, [], mesh=mesh) == expected
+
+
+def _head_temp_bytes(devices: int, vocab: int = 32768) -> int:
+    """Per-device temporaries of the compiled SFT step at one sequence per device on `devices` devices."""
+    from types import SimpleNamespace
+
+    from reasonrank_jax.scale.plan import build_program
+
+    cfg_dir = _HEAD_MODEL[vocab]
+    section = SimpleNamespace
+    config = section(model=section(path=cfg_dir, param_dtype="float32", dtype="float32", remat="full"),
+                     optim=section(lr=1e-5, schedule="constant", warmup_ratio=0.0, weight_decay=0.0, clip_norm=1.0,
+                                   b1=0.9, b2=0.999, eps=1e-8),
+                     lora=section(rank=0, alpha=1.0, targets=()),
+                     train=section(micro_batch=devices, global_batch=devices, logits_chunk=256),
+                     data=section(max_length=256))
+    mesh = make_mesh((1, devices, 1), jax.devices()[:devices])
+    program = build_program("sft", "sft", config, mesh, response_tokens=255)
+    return program.jitted.lower(*program.args).compile().memory_analysis().temp_size_in_bytes
+
+
+_HEAD_MODEL: dict = {}
+
+
+def test_output_head_keeps_the_batch_split_so_per_device_memory_does_not_grow_with_devices(tmp_path, monkeypatch):
+    """At one sequence per device, the SFT step's temporaries must not grow with the number of devices. Without the
+    batch pin in the head (sharding.along_batch) XLA gathers the activations instead of the fsdp-split kernel, and
+    every device computes the logits of the whole global batch: shown here by switching the pin off."""
+    from transformers import Qwen2Config
+
+    from reasonrank_jax.training import logprobs
+
+    Qwen2Config(vocab_size=32768, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                num_key_value_heads=2, tie_word_embeddings=False).save_pretrained(tmp_path)
+    _HEAD_MODEL[32768] = str(tmp_path)
+    two, eight = _head_temp_bytes(2), _head_temp_bytes(8)
+    assert eight < 1.3 * two, (two, eight)
+
+    monkeypatch.setattr(logprobs, "along_batch", lambda x, last=None: x)
+    two_unpinned, eight_unpinned = _head_temp_bytes(2), _head_temp_bytes(8)
+    assert eight_unpinned > 2 * two_unpinned, (two_unpinned, eight_unpinned)  # the failure this test guards against

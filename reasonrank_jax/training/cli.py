@@ -67,7 +67,7 @@ def run_sft(config: SFTConfig) -> int:  # noqa: C901 - the edge where every side
     loop.start_run(run, train.out, config_text)
     log = loop.MetricsLog(train.out, start)
     step = jit_train_step(spec, prepared.shardings, mesh)
-    heldout_loss = _heldout_evaluator(spec.cfg, heldout, data, train, tokenizer, spec) if heldout else None
+    heldout_loss = _heldout_evaluator(spec.cfg, heldout, data, train, tokenizer, spec, mesh) if heldout else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     accum = train.global_batch // train.micro_batch
     peak = loop.peak_flops(jax.devices()[0])
@@ -112,18 +112,19 @@ def run_sft(config: SFTConfig) -> int:  # noqa: C901 - the edge where every side
     return loop.finish("train sft", train.out, s + 1, total_steps, preempted, checkpointer, log)
 
 
-def _heldout_evaluator(cfg, examples, data, train, tokenizer, spec):
+def _heldout_evaluator(cfg, examples, data, train, tokenizer, spec, mesh):
     """state -> token-mean loss over the held-out examples (micro-batches of train.micro_batch)."""
     import jax
     import numpy as np
 
     from reasonrank_jax.data.stream import bucket_lengths, padded_length, sft_batch
+    from reasonrank_jax.sharding import MeshJitted
     from reasonrank_jax.training.sft import BATCH_KEYS, sft_loss_sums
 
     buckets = bucket_lengths(data.max_length, smallest=min(data.smallest_bucket, data.max_length))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    loss_sums = jax.jit(lambda params, trainable, batch: sft_loss_sums(
-        cfg, spec.model_params(params, trainable), batch, spec.logits_chunk))
+    loss_sums = MeshJitted(jax.jit(lambda params, trainable, batch: sft_loss_sums(
+        cfg, spec.model_params(params, trainable), batch, spec.logits_chunk)), mesh)
     order = np.argsort([len(e["input_ids"]) for e in examples])
     batches = [[examples[i] for i in order[j:j + train.micro_batch]]
                for j in range(0, len(order), train.micro_batch)]

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from reasonrank_jax.models.config import ModelConfig
 from reasonrank_jax.models.transformer import forward
+from reasonrank_jax.sharding import along_batch
 
 
 def head_kernel(cfg: ModelConfig, params):
@@ -23,7 +24,8 @@ def head_kernel(cfg: ModelConfig, params):
 
 
 def _chunk_logprobs(x_bcd, kernel_dv, targets_bc, dtype, temperature):
-    logits_bcv = jnp.dot(x_bcd.astype(dtype), kernel_dv.astype(dtype)).astype(jnp.float32)
+    x_bcd = along_batch(x_bcd)  # the kernel is gathered, not the batch (sharding.along_batch)
+    logits_bcv = along_batch(jnp.dot(x_bcd.astype(dtype), kernel_dv.astype(dtype)).astype(jnp.float32), "tensor")
     if temperature != 1.0:
         logits_bcv = logits_bcv / temperature
     logz_bc = jax.nn.logsumexp(logits_bcv, axis=-1)

@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from reasonrank_jax.models.config import ModelConfig
 from reasonrank_jax.models.lora import merge_lora
+from reasonrank_jax.sharding import MeshJitted
 from reasonrank_jax.training.logprobs import window_logprobs
 from reasonrank_jax.training.state import TrainState
 
@@ -96,6 +97,6 @@ def batch_shardings(mesh) -> dict:
 def jit_train_step(spec: StepSpec, shardings: TrainState, mesh):
     """The step compiled with the state's shardings in and out and the state donated."""
     replicated = NamedSharding(mesh, P())
-    return jax.jit(lambda state, batch: train_step(spec, state, batch),
-                   in_shardings=(shardings, batch_shardings(mesh)),
-                   out_shardings=(shardings, replicated), donate_argnums=(0,))
+    return MeshJitted(jax.jit(lambda state, batch: train_step(spec, state, batch),
+                              in_shardings=(shardings, batch_shardings(mesh)),
+                              out_shardings=(shardings, replicated), donate_argnums=(0,)), mesh)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from reasonrank_jax.sharding import MeshJitted
 from reasonrank_jax.training.grpo.loss import SUM_KEYS, grpo_loss_sums
 from reasonrank_jax.training.logprobs import response_logprobs
 from reasonrank_jax.training.sft import StepSpec
@@ -120,9 +121,9 @@ def batch_shardings(mesh) -> dict:
 
 
 def jit_update_step(spec: GRPOSpec, shardings: TrainState, mesh):
-    return jax.jit(lambda state, batch: update_step(spec, state, batch),
-                   in_shardings=(shardings, batch_shardings(mesh)),
-                   out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=(0,))
+    return MeshJitted(jax.jit(lambda state, batch: update_step(spec, state, batch),
+                              in_shardings=(shardings, batch_shardings(mesh)),
+                              out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=(0,)), mesh)
 
 
 def _sequence_shardings(mesh):
@@ -132,19 +133,22 @@ def _sequence_shardings(mesh):
 def jit_rollout_logprobs(spec: GRPOSpec, shardings: TrainState, mesh, with_ref_params: bool):
     sequences, out = _sequence_shardings(mesh), micro_sharding(mesh, 3)
     if with_ref_params:
-        return jax.jit(lambda params, trainable, ref, batch: rollout_logprobs(spec, params, trainable, ref, batch),
-                       in_shardings=(shardings.params, shardings.trainable, shardings.params, sequences),
-                       out_shardings=(out, out))
-    return jax.jit(lambda params, trainable, batch: rollout_logprobs(spec, params, trainable, None, batch),
-                   in_shardings=(shardings.params, shardings.trainable, sequences), out_shardings=(out, out))
+        return MeshJitted(jax.jit(
+            lambda params, trainable, ref, batch: rollout_logprobs(spec, params, trainable, ref, batch),
+            in_shardings=(shardings.params, shardings.trainable, shardings.params, sequences),
+            out_shardings=(out, out)), mesh)
+    return MeshJitted(jax.jit(lambda params, trainable, batch: rollout_logprobs(spec, params, trainable, None, batch),
+                              in_shardings=(shardings.params, shardings.trainable, sequences),
+                              out_shardings=(out, out)), mesh)
 
 
 def jit_policy_logprobs(spec: GRPOSpec, shardings: TrainState, mesh):
-    return jax.jit(lambda params, trainable, batch: policy_logprobs(spec, params, trainable, batch),
-                   in_shardings=(shardings.params, shardings.trainable, _sequence_shardings(mesh)),
-                   out_shardings=micro_sharding(mesh, 3))
+    return MeshJitted(jax.jit(lambda params, trainable, batch: policy_logprobs(spec, params, trainable, batch),
+                              in_shardings=(shardings.params, shardings.trainable, _sequence_shardings(mesh)),
+                              out_shardings=micro_sharding(mesh, 3)), mesh)
 
 
 def jit_reference_logprobs(spec: GRPOSpec, shardings: TrainState, mesh):
-    return jax.jit(lambda params, batch: reference_logprobs(spec, params, batch),
-                   in_shardings=(shardings.params, _sequence_shardings(mesh)), out_shardings=micro_sharding(mesh, 3))
+    return MeshJitted(jax.jit(lambda params, batch: reference_logprobs(spec, params, batch),
+                              in_shardings=(shardings.params, _sequence_shardings(mesh)),
+                              out_shardings=micro_sharding(mesh, 3)), mesh)
