@@ -23,6 +23,9 @@ ENV_NUM_PROCESSES = "REASONRANK_NUM_PROCESSES"
 ENV_PROCESS_ID = "REASONRANK_PROCESS_ID"
 ENV_DISTRIBUTED = "REASONRANK_DISTRIBUTED"
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"  # read by jax.distributed itself too
+# How long a process that is done (or failed) waits at exit for the others (JAX's default, 300 s, holds a failed
+# local job for 5 minutes).
+SHUTDOWN_TIMEOUT_S = 60
 
 
 def _int_env(name: str) -> int:
@@ -54,9 +57,9 @@ def initialize() -> None:
         if not 0 <= process_id < num_processes:
             raise InputError(f"must be in [0, {num_processes}), got {process_id}", field=f"${ENV_PROCESS_ID}")
         jax.distributed.initialize(coordinator_address=os.environ[ENV_COORDINATOR], num_processes=num_processes,
-                                   process_id=process_id)
+                                   process_id=process_id, shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
     else:
-        jax.distributed.initialize()
+        jax.distributed.initialize(shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
 
 
 def is_primary() -> bool:
@@ -66,11 +69,19 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+_BARRIER_WAIT_MS = 20 * 24 * 3600 * 1000  # processes may reach a barrier hours apart (rerank); int32 milliseconds
+_barriers_passed = 0
+
+
 def barrier(name: str) -> None:
-    """Wait until every process reaches the barrier `name` (no-op in a single process)."""
+    """Wait until every process reaches the barrier `name` (no-op in a single process). On JAX's coordination
+    service, not a device collective: gloo's first collective gives up when processes arrive 30 s apart. Every
+    process passes the same barriers in the same order, so a count makes each one's id unique."""
     import jax
+    from jax._src import distributed as jax_distributed
 
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
+    global _barriers_passed
+    if jax.process_count() == 1:
+        return
+    _barriers_passed += 1
+    jax_distributed.global_state.client.wait_at_barrier(f"reasonrank-{_barriers_passed}-{name}", _BARRIER_WAIT_MS)
