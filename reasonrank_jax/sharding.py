@@ -102,11 +102,12 @@ def along_batch(x, last: str | None = None):
     """`x` [batch, ...] kept split over the data-parallel axes (and its last dimension over `last`), when traced
     under a mesh (`MeshJitted`); unchanged otherwise, or when the batch does not divide.
 
-    Why: in the output head, x [b, c, d] meets the kernel [d, vocab] whose d is split over "fsdp" too. Left alone,
-    XLA may keep the kernel in place and gather x over the batch instead, so every chip computes the logits of the
-    whole global batch: per chip, 2.6 GB more per sequence of the global micro-batch at a 152k vocabulary (a 7B
-    step's temporaries grew from 47 GiB on 8 chips to 177 GiB on 64). Pinning x and the logits to the batch split
-    makes it gather the kernel, as FSDP means."""
+    Why: activations x [b, t, d] meet kernels [d, out] whose d is split over "fsdp" too. Left alone, XLA may keep
+    the kernel in place and split x over d instead, gathering the whole global batch onto every chip: in the
+    output head every chip then computed the logits of the whole batch, and in the layers held [64, 23552, 18944]
+    MLP buffers (a 7B SFT step's temporaries grew from 47 GiB per chip on 8 v5p chips to 177 GiB on 64, at one
+    sequence per chip). Pinning the residual stream and the logits to the batch split makes it gather the kernels,
+    as FSDP means."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or not {"data", "fsdp"} <= set(mesh.axis_names):
         return x

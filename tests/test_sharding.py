@@ -2,6 +2,7 @@
 replicated, specific paths get the intended specs, and decoding with sharded weights equals decoding without."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -159,15 +160,13 @@ def test_generate_with_sharded_decode_weights_equals_unsharded(mesh):
     assert generate(cfg, shard_params(mesh, params), prompts, 6, [], mesh=mesh) == expected
 
 
-def _head_temp_bytes(devices: int, vocab: int = 32768) -> int:
+def _step_temp_bytes(model_dir: str, devices: int) -> int:
     """Per-device temporaries of the compiled SFT step at one sequence per device on `devices` devices."""
-    from types import SimpleNamespace
+    from types import SimpleNamespace as section
 
     from reasonrank_jax.scale.plan import build_program
 
-    cfg_dir = _HEAD_MODEL[vocab]
-    section = SimpleNamespace
-    config = section(model=section(path=cfg_dir, param_dtype="float32", dtype="float32", remat="full"),
+    config = section(model=section(path=model_dir, param_dtype="float32", dtype="float32", remat="full"),
                      optim=section(lr=1e-5, schedule="constant", warmup_ratio=0.0, weight_decay=0.0, clip_norm=1.0,
                                    b1=0.9, b2=0.999, eps=1e-8),
                      lora=section(rank=0, alpha=1.0, targets=()),
@@ -178,23 +177,34 @@ def _head_temp_bytes(devices: int, vocab: int = 32768) -> int:
     return program.jitted.lower(*program.args).compile().memory_analysis().temp_size_in_bytes
 
 
-_HEAD_MODEL: dict = {}
+_UNPINNED = """
+import sys
+from reasonrank_jax import sharding
+sharding.along_batch = lambda x, last=None: x  # before the model and loss modules import it
+sys.path.insert(0, {tests!r})
+from test_sharding import _step_temp_bytes
+print(_step_temp_bytes({model!r}, 2), _step_temp_bytes({model!r}, 8))
+"""
 
 
-def test_output_head_keeps_the_batch_split_so_per_device_memory_does_not_grow_with_devices(tmp_path, monkeypatch):
+def test_training_step_keeps_the_batch_split_so_per_device_memory_does_not_grow_with_devices(tmp_path):
     """At one sequence per device, the SFT step's temporaries must not grow with the number of devices. Without the
-    batch pin in the head (sharding.along_batch) XLA gathers the activations instead of the fsdp-split kernel, and
-    every device computes the logits of the whole global batch: shown here by switching the pin off."""
-    from transformers import Qwen2Config
+    batch pins (sharding.along_batch, in the layers and the head) XLA gathers the whole global batch onto every
+    device where activations meet fsdp-split kernels: shown by a fresh process with the pins switched off."""
+    import subprocess
+    import sys
 
-    from reasonrank_jax.training import logprobs
+    from transformers import Qwen2Config
 
     Qwen2Config(vocab_size=32768, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
                 num_key_value_heads=2, tie_word_embeddings=False).save_pretrained(tmp_path)
-    _HEAD_MODEL[32768] = str(tmp_path)
-    two, eight = _head_temp_bytes(2), _head_temp_bytes(8)
+    two, eight = _step_temp_bytes(str(tmp_path), 2), _step_temp_bytes(str(tmp_path), 8)
     assert eight < 1.3 * two, (two, eight)
 
-    monkeypatch.setattr(logprobs, "along_batch", lambda x, last=None: x)
-    two_unpinned, eight_unpinned = _head_temp_bytes(2), _head_temp_bytes(8)
+    tests = os.path.dirname(os.path.abspath(__file__))
+    unpinned = subprocess.run([sys.executable, "-c", _UNPINNED.format(tests=tests, model=str(tmp_path))],
+                              capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "PYTHONPATH": os.path.dirname(tests)})
+    assert unpinned.returncode == 0, unpinned.stderr[-2000:]
+    two_unpinned, eight_unpinned = map(int, unpinned.stdout.split())
     assert eight_unpinned > 2 * two_unpinned, (two_unpinned, eight_unpinned)  # the failure this test guards against

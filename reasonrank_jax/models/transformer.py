@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reasonrank_jax.models.config import ModelConfig, rope_inv_freq
+from reasonrank_jax.sharding import along_batch
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole layer
@@ -252,11 +253,15 @@ class DecoderLayer(nn.Module):
     def __call__(self, x_btd, cos, sin, mask, cache=None, write_pos_b=None):
         cfg = self.cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        # The residual stream stays split over the batch (the weights are gathered, as FSDP means): left to itself,
+        # XLA may split it over d like the fsdp-split kernels and copy the whole batch onto every chip
+        # (sharding.along_batch; only under a mesh, i.e. in the training programs).
+        x_btd = along_batch(x_btd)
         normed = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="input_norm")(x_btd)
         attn_btd, cache = Attention(cfg, self.fused, name="attn")(normed, cos, sin, mask, cache, write_pos_b)
-        x_btd = x_btd + attn_btd
+        x_btd = along_batch(x_btd + attn_btd)
         normed = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="post_attn_norm")(x_btd)
-        x_btd = x_btd + MLP(cfg, self.fused, name="mlp")(normed)
+        x_btd = along_batch(x_btd + MLP(cfg, self.fused, name="mlp")(normed))
         return x_btd, cache
 
 

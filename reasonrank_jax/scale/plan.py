@@ -107,6 +107,7 @@ class Program:
     model_flops: float
     describe: str
     tokens: int
+    model_bytes: float = 0.0  # per chip, HBM bytes a step must at least move where the compiler undercounts (decode)
 
 
 def per_chip_bytes(tree) -> int:
@@ -264,12 +265,17 @@ def build_program(phase: str, trainer: str, train_config, mesh, response_tokens:
     samples = prompts * g.rollouts
     # prompt tokens once per prompt, then every sample's new tokens
     tokens = prompts * p + samples * g.max_response
+    # Each new token reads the chip's weights and its rows' KV cache (on average half the new tokens written): the
+    # compiler counts the decode loop's body once, so this bound comes from the shapes.
+    cache_bytes = (samples / data_parallel * cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim
+                   * (p + g.max_response / 2) * jnp.dtype(cfg.dtype).itemsize)
+    model_bytes = g.max_response * (per_chip_bytes(decode) + cache_bytes)
     return Program("rollout", _generate, (cfg, decode, ids, ids, eos, key), kwargs, state_bytes + reference_bytes,
                    (forward_flops(cfg, prompts, p) + 2.0 * _matmul_params(cfg) * samples * g.max_response
                     + 4.0 * samples * g.max_response * (p + g.max_response) * cfg.num_heads * cfg.head_dim
                     * cfg.num_layers) / devices,
                    f"{prompts} prompts of {p} tokens x {g.rollouts} samples of up to {g.max_response} new tokens "
-                   f"(KV cache {kwargs['cache_lens'][-1]} slots)", tokens)
+                   f"(KV cache {kwargs['cache_lens'][-1]} slots)", tokens, model_bytes)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -344,7 +350,7 @@ def compile_fit(program: Program, tpu, slices: int, mesh) -> Fit:
     fit.bytes_accessed = float(cost.get("bytes accessed", 0.0)) or None
     flops = max(fit.flops or 0.0, fit.model_flops or 0.0)
     fit.compute_s = flops / generation.peak_bf16_flops
-    fit.memory_s = (fit.bytes_accessed or 0.0) / generation.hbm_bytes_per_s
+    fit.memory_s = max(fit.bytes_accessed or 0.0, program.model_bytes) / generation.hbm_bytes_per_s
     fit.step_s = max(fit.compute_s, fit.memory_s)
     return fit
 
@@ -455,7 +461,7 @@ def search(phase, trainer, train_config, tpu, slices, mesh, devices, response_to
             changes.append(([f"data.max_length={length}"], _with(train_config, data={"max_length": length}), mesh))
     for change, config, mesh_ in changes:
         dp = mesh_.shape["data"] * mesh_.shape["fsdp"]
-        micro = smallest if smallest % dp == 0 else dp
+        micro = dp if rows % dp == 0 and phase != "rollout" else smallest  # the least the mesh takes
         fit = attempt(config, mesh_, micro)
         if fit.fits:
             return fit, [f"train.micro_batch={micro}", *change]
