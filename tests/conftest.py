@@ -56,6 +56,20 @@ def tiny_reranker(tmp_path_factory, qwen2_tokenizer_dir):
 
 
 @pytest.fixture(scope="session")
+def sft_data(tmp_path_factory):
+    """16 SFT examples (Alpaca JSON) of the synthetic task: the short training runs' data."""
+    import json
+
+    from reasonrank_jax.data.synthetic import SyntheticTask, sft_records
+
+    root = tmp_path_factory.mktemp("sft_data")
+    records = sft_records(SyntheticTask(num_queries=12, seed=0), "train")[:16]
+    (root / "sft.json").write_text(json.dumps([{k: r[k] for k in ("system", "instruction", "output")}
+                                               for r in records]))
+    return root / "sft.json"
+
+
+@pytest.fixture(scope="session")
 def synthetic_model(tmp_path_factory):
     """A tiny random Qwen2 (d32, 2 layers) over the synthetic task's 496-token tokenizer, saved with it."""
     import torch

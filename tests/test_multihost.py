@@ -17,17 +17,6 @@ STEPS = 6
 TOLERANCE = 2e-5
 
 
-@pytest.fixture(scope="module")
-def sft_data(tmp_path_factory):
-    from reasonrank_jax.data.synthetic import SyntheticTask, sft_records
-
-    root = tmp_path_factory.mktemp("multihost_data")
-    records = sft_records(SyntheticTask(num_queries=12, seed=0), "train")[:16]
-    (root / "sft.json").write_text(json.dumps([{k: r[k] for k in ("system", "instruction", "output")}
-                                               for r in records]))
-    return root / "sft.json"
-
-
 def _settings(model, data, out):
     return [f"model.path={model}", f"data.path={data}", f"train.out={out}", f"train.steps={STEPS}",
             "train.global_batch=16", "train.micro_batch=8", "train.save_every=2", "optim.lr=1e-3",

@@ -16,17 +16,6 @@ from reasonrank_jax.cli import main
 STEPS = 6
 
 
-@pytest.fixture(scope="module")
-def sft_data(tmp_path_factory):
-    from reasonrank_jax.data.synthetic import SyntheticTask, sft_records
-
-    root = tmp_path_factory.mktemp("sft_data")
-    records = sft_records(SyntheticTask(num_queries=12, seed=0), "train")[:16]
-    (root / "sft.json").write_text(json.dumps([{k: r[k] for k in ("system", "instruction", "output")}
-                                               for r in records]))
-    return root / "sft.json"
-
-
 def _argv(model, data, out, *extra):
     return ["train", "sft", f"model.path={model}", f"data.path={data}", f"train.out={out}", f"train.steps={STEPS}",
             "train.global_batch=16", "train.micro_batch=8", "train.save_every=2", "optim.lr=1e-3",

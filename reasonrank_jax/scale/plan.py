@@ -111,12 +111,14 @@ class Program:
 
 
 def per_chip_bytes(tree) -> int:
-    """Bytes one device holds of a pytree of sharded ShapeDtypeStructs (the analytic size)."""
+    """Bytes one device holds of the sharded ShapeDtypeStructs in a pytree (the analytic size)."""
     import jax
     import numpy as np
 
     total = 0
     for leaf in jax.tree.leaves(tree):
+        if not isinstance(leaf, jax.ShapeDtypeStruct):  # static arguments (the model config)
+            continue
         shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
         total += int(np.prod(shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
     return total
@@ -329,8 +331,7 @@ def compile_fit(program: Program, tpu, slices: int, mesh) -> Fit:
         fit.error = str(err).strip().splitlines()[0][:400]
         # temporaries only: the arguments (state, batch) come on top, sized from their shardings
         fit.temporary = int(float(match.group(2)) * _UNIT[match.group(3)])
-        fit.argument = per_chip_bytes([a for a in program.args if hasattr(a, "shape") or isinstance(a, dict)
-                                       or hasattr(a, "params")])
+        fit.argument = per_chip_bytes(program.args)
         fit.peak = fit.temporary + fit.argument + program.resident
         fit.available = float(match.group(4)) * _UNIT[match.group(5)]
         return fit
@@ -473,9 +474,8 @@ def main(config: PlanConfig) -> int:
     from reasonrank_jax.training.sections import load_training_config
 
     tpu = parse_slice(config.topology)
-    trainer_hint = config.trainer or ({"sft": "sft"}.get(config.phase) if config.phase else None) or (
-        "grpo" if config.phase else None)
-    trainer, train_config = load_training_config(config.config, config.overrides, trainer_hint)
+    phase_trainer = None if config.phase is None else "sft" if config.phase == "sft" else "grpo"
+    trainer, train_config = load_training_config(config.config, config.overrides, config.trainer or phase_trainer)
     phase = config.phase or ("sft" if trainer == "sft" else "grpo-update")
     if phase == "sft" and trainer != "sft":
         raise InputError("phase sft needs an SFT config", field="--phase")

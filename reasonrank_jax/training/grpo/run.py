@@ -49,7 +49,6 @@ def run_grpo(config: GRPOConfig) -> int:  # noqa: C901 - the edge where every si
 
     from reasonrank_jax.errors import InputError
     from reasonrank_jax.models.lora import merge_lora
-    from reasonrank_jax.outputs import atomic_write
     from reasonrank_jax.text import load_tokenizer
     from reasonrank_jax.text.tokenizer import eos_token_ids
     from reasonrank_jax.training import loop, setup
@@ -88,8 +87,7 @@ def run_grpo(config: GRPOConfig) -> int:  # noqa: C901 - the edge where every si
     if start:
         state = setup.restore(prepared, checkpointer, start)
     metadata = prepared.metadata(config)
-    run.create()
-    atomic_write(f"{train.out}/config.yaml", config_text)
+    loop.start_run(run, train.out, config_text)
     log = loop.MetricsLog(train.out, start)
     eval_log = loop.MetricsLog(train.out, start, name="eval.jsonl", tensorboard=False)
 
