@@ -24,6 +24,10 @@ from reasonrank_jax.errors import InputError
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("reasonrank_jax.pipeline.demo", "the whole job on this machine: synthetic data -> tiny model -> SFT -> GRPO "
+                                             "-> sliding-window rerank -> nDCG table, plots, report"),
+    "sweep": ("reasonrank_jax.pipeline.sweep", "run a grid of demo settings over seeds (here, or as launch commands) "
+                                               "-> results.csv, results.md, plots"),
     "smoke": ("reasonrank_jax.models.smoke_cli",
               "build a tiny random model, export it to HF format, reload it and print logits parity"),
     "model-info": ("reasonrank_jax.models.info_cli",
