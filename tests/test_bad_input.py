@@ -174,6 +174,25 @@ CASES = [
     Case("launch-local-zero-processes", ("launch", "local", "-n", "0", "--", "eval"), ("num-processes",), False),
     Case("launch-local-both", ("launch", "local", "--config", "{qrels}", "--", "eval"), ("either",), False),
     Case("launch-local-bad-training-config", ("launch", "local", "--config", "{qrels}"), ("{qrels}",), False),
+    # demo and sweep
+    Case("demo-out-foreign-dir", ("demo", "--out", "{foreign_dir}"), ("{foreign_dir}", "another directory")),
+    Case("demo-missing-model", ("demo", "--out", "{new_out}", "model.path={missing}"), ("{missing}", "model.path"),
+         False),
+    Case("demo-step-over-window", ("demo", "--out", "{new_out}", "task.step=9"), ("task.step",), False),
+    Case("demo-unknown-key", ("demo", "--out", "{new_out}", "trask.window=4"), ("trask",), False),
+    Case("demo-files-without-run", ("demo", "--out", "{new_out}", "data.source=files", "model.path={model}",
+                                    "data.raw={raw}"), ("data.run",), False),
+    Case("demo-sft-config-not-training", ("demo", "--out", "{new_out}", "sft.config={sft_file}"),
+         ("{sft_file}",), False),
+    Case("demo-nothing-to-train", ("demo", "--out", "{new_out}", "sft.enabled=false", "grpo.enabled=false"),
+         ("sft.enabled",), False),
+    Case("sweep-missing-file", ("sweep", "{missing}", "--out", "{new_out}"), ("{missing}",)),
+    Case("sweep-unknown-demo-key", ("sweep", "{sweep_bad_key}", "--out", "{new_out}"),
+         ("{sweep_bad_key}", "task.windw")),
+    Case("sweep-bad-seeds", ("sweep", "{sweep_bad_seeds}", "--out", "{new_out}"), ("{sweep_bad_seeds}", "seeds")),
+    Case("sweep-bad-value", ("sweep", "{sweep_bad_value}", "--out", "{new_out}"), ("{sweep_bad_value}", "task.step")),
+    Case("sweep-not-a-mapping", ("sweep", "{qrels}", "--out", "{new_out}"), ("{qrels}",)),
+    Case("sweep-out-foreign-dir", ("sweep", "{sweep_ok}", "--out", "{foreign_dir}"), ("{foreign_dir}", "another")),
     Case("launch-tpu-vm-unknown-slice", ("launch", "tpu-vm", "--config", "{qrels}", "--tpu", "v9-8", "--zone", "z",
                                          "--project", "p", "--name", "n", "--dry-run"), ("v9-8",), False),
 ]
@@ -197,6 +216,10 @@ def world(tmp_path_factory, tiny_reranker, qwen2_tokenizer_dir):
     (root / "truncated.jsonl.gz").write_bytes(payload[: len(payload) // 2])
     (root / "non_utf8.jsonl").write_bytes(b'{"id": "q0", "query": "caf\xe9"}\n')
     (root / "empty.trec").write_text("")
+    (root / "sweep_bad_key.yaml").write_text("grid:\n  task.windw: [4, 8]\n")
+    (root / "sweep_bad_seeds.yaml").write_text("seeds: [-1]\n")
+    (root / "sweep_ok.yaml").write_text("seeds: [0]\n")
+    (root / "sweep_bad_value.yaml").write_text("grid:\n  task.step: [2, 99]\n")
     (root / "empty_dir").mkdir()
     (root / "foreign_run.trec").write_text("".join(f"q{i // 100} Q0 d{i} {i % 100 + 1} {1000 - i} bm25\n"
                                                    for i in range(300)))
@@ -223,6 +246,8 @@ def world(tmp_path_factory, tiny_reranker, qwen2_tokenizer_dir):
                  bad_rl_prompt=str(root / "bad_rl_prompt.jsonl"))
     paths.update(truncated_gz=str(root / "truncated.jsonl.gz"), non_utf8=str(root / "non_utf8.jsonl"),
                  empty=str(root / "empty.trec"), empty_dir=str(root / "empty_dir"),
+                 sweep_bad_key=str(root / "sweep_bad_key.yaml"), sweep_bad_seeds=str(root / "sweep_bad_seeds.yaml"),
+                 sweep_bad_value=str(root / "sweep_bad_value.yaml"), sweep_ok=str(root / "sweep_ok.yaml"),
                  foreign_file=str(root / "foreign_run.trec"), foreign_dir=str(foreign),
                  bad_config_model=str(root / "bad_config_model"),
                  negative_layers_model=str(root / "negative_layers_model"),

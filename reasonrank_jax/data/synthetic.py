@@ -112,6 +112,7 @@ class SyntheticTask:
     teacher_negation_blind: float = 1.0  # chance per window that the teacher counts `no X` as a match
     teacher_swap_prob: float = 0.1      # chance per window that the teacher swaps an adjacent pair of its ranking
     think_style: str = "by_passage"     # the reasoning template, one of THINK_STYLES (see think_text)
+    p_other_topic: float = 0.6          # chance a padding word is a non-query topic word (else a filler word)
 
     def __post_init__(self):
         for name in ("query_words", "passage_words", "num_relevant", "num_decoys"):  # lists from JSON/YAML
@@ -139,7 +140,7 @@ class SyntheticTask:
               "num_relevant + num_decoys may not exceed passages_per_query")
         check(self.num_relevant[0] >= 1, "every query needs a relevant passage (num_relevant low >= 1)")
         for name in ("p_more_words", "p_negated_extra", "p_negated_other", "teacher_negation_blind",
-                     "teacher_swap_prob"):
+                     "teacher_swap_prob", "p_other_topic"):
             check(0.0 <= getattr(self, name) <= 1.0, f"{name} must be in [0, 1]")
         check(self.first_stage_noise >= 0.0, "first_stage_noise must be >= 0")
         check(self.think_style in THINK_STYLES, f"think_style must be one of {', '.join(THINK_STYLES)}")
@@ -252,7 +253,7 @@ def _make_passage(task: SyntheticTask, rng: np.random.Generator, docid: str, que
     length = int(rng.integers(task.passage_words[0], task.passage_words[1] + 1))
     count = sum(len(u.split()) for u in units)
     while count < length:
-        pool = others if rng.random() < 0.6 else list(FILLER_WORDS)
+        pool = others if rng.random() < task.p_other_topic else list(FILLER_WORDS)
         word = pool[int(rng.integers(len(pool)))]
         if word in used:
             continue

@@ -356,7 +356,8 @@ def main(config: DemoConfig) -> int:
     out = OutputDir(config.out, COMMAND, can_overwrite=False)
     check_same_demo(config.out, config)
     _check_inputs(config)
-    out.record_config(config)
+    if not os.path.exists(out.file("config.yaml")):  # a rerun of the same demo keeps its record
+        out.record_config(config)
     pipeline = Pipeline(config)
     try:
         pipeline.run()

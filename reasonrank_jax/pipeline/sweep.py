@@ -2,7 +2,8 @@
 
 SWEEP.yaml::
 
-    base: ../demo.yaml          # a demo config (relative to this file; default: the embedded demo)
+    base: ../pipeline.yaml      # a demo config (relative to this file; default: the embedded demo); paths in it
+                                # are relative to the current directory, as in any --config
     set: {grpo.set: ["train.steps=10"]}   # overrides of every run (optional)
     runs:                       # named settings (optional; default: one, the base)
       - {name: full}
@@ -157,7 +158,6 @@ def run_mapping(spec: dict, sweep_path: str, run: Run, run_dir: str) -> dict:
         if not os.path.exists(base_path):
             raise InputError("no such file", path=base_path, field="base")
         mapping = copy.deepcopy(read_yaml_mapping(base_path))
-        _absolute_paths(mapping, os.path.dirname(base_path))
     for key, value in (spec.get("set") or {}).items():
         _set_key(mapping, key, value, sweep_path)
     for key, value in run.overrides:
@@ -165,18 +165,6 @@ def run_mapping(spec: dict, sweep_path: str, run: Run, run_dir: str) -> dict:
     mapping["seed"] = run.seed
     mapping["out"] = run_dir
     return mapping
-
-
-def _absolute_paths(mapping: dict, base_dir: str) -> None:
-    """Relative file paths in a base config are relative to it (the run's config lives elsewhere)."""
-    for section, keys in (("data", ("raw", "raw_dir", "sft_heldout", "run", "corpus", "queries", "qrels")),
-                          ("model", ("path",)), ("sft", ("config",)), ("grpo", ("config",))):
-        node = mapping.get(section)
-        if isinstance(node, dict):
-            for key in keys:
-                value = node.get(key)
-                if isinstance(value, str) and value and not os.path.isabs(value):
-                    node[key] = os.path.normpath(os.path.join(base_dir, value))
 
 
 # ---- running ----
@@ -197,24 +185,26 @@ class Sweep:
     def finished(self, run: Run) -> bool:
         return os.path.exists(os.path.join(self.run_dir(run), "results.json"))
 
-    def write_run_config(self, run: Run) -> str:
-        """The run's demo YAML, checked as `demo` would check it (bad settings stop the sweep before it starts)."""
+    def run_config_text(self, run: Run) -> str:
+        """The run's demo YAML, checked as `demo` checks it (bad settings stop the sweep before anything runs)."""
         import yaml
 
         from reasonrank_jax.config import Values
-        from reasonrank_jax.outputs import atomic_write
         from reasonrank_jax.pipeline.config import DemoConfig
 
         mapping = run_mapping(self.spec, self.config.sweep, run, self.run_dir(run))
-        path = self.config_path(run)
         values = Values(DemoConfig)
-        values.set_mapping(mapping, f"{self.config.sweep} ({run.name})")
+        values.set_mapping(mapping, self.config.sweep)
         values.build(self.config.sweep)
+        return f"# sweep {self.config.sweep}, run {run.name}\n" + yaml.safe_dump(mapping, sort_keys=False)
+
+    def write_run_config(self, run: Run, text: str) -> None:
+        from reasonrank_jax.outputs import atomic_write
+
+        path = self.config_path(run)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        text = f"# sweep {self.config.sweep}, run {run.name}\n" + yaml.safe_dump(mapping, sort_keys=False)
         if not os.path.exists(path) or open(path, encoding="utf-8").read() != text:
             atomic_write(path, text)
-        return path
 
     def demo_command(self, run: Run) -> list[str]:
         return ["reasonrank-jax", "demo", "--config", self.config_path(run), "--out", self.run_dir(run)]
@@ -272,9 +262,10 @@ def main(config: SweepConfig) -> int:
         raise InputError("no such file", path=config.sweep, field="SWEEP.yaml")
     sweep = Sweep(config)
     out = OutputDir(sweep.out, "sweep", can_overwrite=False, field="--out")
-    for run in sweep.runs:  # every run's config is checked before any runs
-        sweep.write_run_config(run)
+    texts = {run: sweep.run_config_text(run) for run in sweep.runs}  # every run checked before anything is written
     out.record_config(config)
+    for run, text in texts.items():
+        sweep.write_run_config(run, text)
     pending = [r for r in sweep.runs if not sweep.finished(r)]
     done = len(sweep.runs) - len(pending)
     print(f"sweep {config.sweep}: {len(sweep.runs)} runs ({len({r.setting for r in sweep.runs})} settings x "
