@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 
 def scratch_hf_config(vocab_size: int, model, eos_id: int, pad_id: int, bos_id: int) -> dict:
     """config.json of a Qwen2 with the sizes of ``model`` (pipeline ModelSection) and the tokenizer's ids."""
@@ -18,8 +15,13 @@ def scratch_hf_config(vocab_size: int, model, eos_id: int, pad_id: int, bos_id: 
 
 def build_from_scratch(out_dir: str, tokenizer_dir: str, model, seed: int) -> dict:
     """Write a randomly initialised Qwen2 (``model``: sizes) with the tokenizer of ``tokenizer_dir`` into
-    ``out_dir``. Weights as transformers initialises them: N(0, 0.02) matrices and embeddings, zero biases, unit
-    norms, drawn from ``seed``. Returns {"path", "params"}."""
+    ``out_dir``; returns {"path", "params"}.
+
+    Weights are drawn as linen initialises them (matrices N(0, 1/fan_in), the embedding N(0, 1/d), unit norms, zero
+    biases), not as transformers does (N(0, 0.02) everywhere): 0.02 suits a width of ~1000, while at width 64 it
+    leaves the attention logits near zero, and a 2-layer model then needs far more steps to learn even to copy one
+    prompt word (measured: held-out loss of a copy task after 150 SFT steps 0.157 = not learnt, with 0.02 in our
+    trainer and in a PyTorch reference; 0.011 with this init at lr 3e-3)."""
     import jax
     import numpy as np
 
@@ -28,23 +30,10 @@ def build_from_scratch(out_dir: str, tokenizer_dir: str, model, seed: int) -> di
 
     tokenizer = load_tokenizer(tokenizer_dir)
     vocab = -(-len(tokenizer) // 64) * 64  # padded to a multiple of 64, as real checkpoints pad theirs
-    hf = scratch_hf_config(vocab, model, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                           tokenizer.convert_tokens_to_ids("<|im_start|>") if "<|im_start|>" in tokenizer.get_vocab()
-                           else tokenizer.eos_token_id)
+    start = tokenizer.convert_tokens_to_ids("<|im_start|>") if "<|im_start|>" in tokenizer.get_vocab() \
+        else tokenizer.eos_token_id
+    hf = scratch_hf_config(vocab, model, tokenizer.eos_token_id, tokenizer.pad_token_id, start)
     cfg = ModelConfig.from_hf_dict(hf)
-    shapes = jax.eval_shape(lambda: init_params(cfg))
-    rng = np.random.default_rng([seed, 7])
-
-    def draw(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if "norm" in name or "scale" in name:
-            return np.ones(leaf.shape, np.float32)
-        if "bias" in name:
-            return np.zeros(leaf.shape, np.float32)
-        return (0.02 * rng.standard_normal(leaf.shape)).astype(np.float32)
-
-    params = jax.tree_util.tree_map_with_path(draw, shapes)
+    params = init_params(cfg, jax.random.PRNGKey(seed))
     save_pretrained(cfg, params, out_dir, tokenizer_dir=tokenizer_dir)
-    with open(os.path.join(out_dir, "config.json"), encoding="utf-8") as f:
-        json.load(f)  # written and readable
     return {"path": out_dir, "params": int(sum(np.size(x) for x in jax.tree.leaves(params)))}
