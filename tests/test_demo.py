@@ -136,9 +136,10 @@ def test_demo_refuses_another_config_in_the_same_directory(demo_run, capsys):
 
 def _sweep_file(root: Path) -> Path:
     base = root / "base.yaml"
-    base.write_text(yaml.safe_dump({**QUICK, "grpo": {"enabled": False}}))
+    base.write_text(yaml.safe_dump(QUICK))
     sweep = root / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump({"base": "base.yaml", "grid": {"sft.optim.lr": [0.01, 0.001]}, "seeds": [0]}))
+    sweep.write_text(yaml.safe_dump({"base": "base.yaml", "grid": {"grpo.grpo.reward": ["multiview", "ndcg"]},
+                                     "seeds": [0]}))
     return sweep
 
 
@@ -147,16 +148,18 @@ def test_sweep_runs_a_grid_resumes_after_a_kill_and_ends_with_a_table(tmp_path):
     out = tmp_path / "sweep_out"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     argv = [sys.executable, "-m", "reasonrank_jax", "sweep", str(sweep), "--out", str(out)]
-    first = out / "runs" / "sft.optim.lr=0.01" / "seed0" / "results.json"
-    second = out / "runs" / "sft.optim.lr=0.001" / "seed0" / "results.json"
+    first = out / "runs" / "grpo.grpo.reward=multiview" / "seed0" / "results.json"
+    second = out / "runs" / "grpo.grpo.reward=ndcg" / "seed0" / "results.json"
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                start_new_session=True)
     deadline = time.time() + 600
     while not first.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.5)
     assert first.exists(), process.communicate()[0].decode()[-3000:]
+    time.sleep(3)  # into the second run: it starts from a copy of the first run's SFT stages
     os.killpg(process.pid, signal.SIGKILL)  # the sweep and its running demo, mid-way through the second run
-    process.wait()
+    printed = process.communicate()[0].decode()
+    assert "its data and SFT stages are those of grpo.grpo.reward=multiview/seed0" in printed, printed[-3000:]
     assert not second.exists()
     finished_at = first.stat().st_mtime_ns
 
@@ -169,15 +172,22 @@ def test_sweep_runs_a_grid_resumes_after_a_kill_and_ends_with_a_table(tmp_path):
     import csv
 
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert [r["setting"] for r in rows] == ["sft.optim.lr=0.01", "sft.optim.lr=0.001"]
+    assert [r["setting"] for r in rows] == ["grpo.grpo.reward=multiview", "grpo.grpo.reward=ndcg"]
+    results = []
     for row in rows:
-        results = json.loads(Path(row["run"], "results.json").read_text())
-        assert float(row["sft.ndcg_cut.10"]) == pytest.approx(results["sft"]["ndcg_cut.10"])
-        assert row["grpo.ndcg_cut.10"] == ""  # the base disables GRPO
+        results.append(json.loads(Path(row["run"], "results.json").read_text()))
+        assert float(row["grpo.ndcg_cut.10"]) == pytest.approx(results[-1]["grpo"]["ndcg_cut.10"])
+        assert float(row["final.ndcg_cut.10"]) == pytest.approx(results[-1]["grpo"]["ndcg_cut.10"])
         run_config = yaml.safe_load(open(Path(row["run"], "config.yaml")))
-        assert run_config["sft"]["set"][-1] == "optim.lr=" + row["setting"].split("=")[1]
+        assert run_config["grpo"]["set"][-1] == "grpo.reward=" + row["setting"].split("=")[1]
+        grpo_config = yaml.safe_load(open(Path(row["run"], "grpo", "config.yaml")))
+        assert grpo_config["grpo"]["reward"] == row["setting"].split("=")[1]
+    # One SFT model for both settings: the same SFT figures, the same SFT run.
+    assert results[0]["sft"] == results[1]["sft"] and results[0]["first_stage"] == results[1]["first_stage"]
+    assert Path(rows[0]["run"], "sft", "metrics.jsonl").read_bytes() == \
+        Path(rows[1]["run"], "sft", "metrics.jsonl").read_bytes()
     table = (out / "results.md").read_text()
-    assert "sft.optim.lr=0.001" in table and "2 of 2 runs finished" in table
+    assert "grpo.grpo.reward=ndcg" in table and "2 of 2 runs finished" in table
     assert (out / "plots" / "final.png").stat().st_size > 1000 and (out / "plots" / "curves.png").exists()
 
 

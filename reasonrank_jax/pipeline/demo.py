@@ -46,6 +46,8 @@ DEMO_GRPO = {
              "reward": "multiview"},
     "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
 }
+# The stages a sweep may share between runs that differ only in GRPO (reasonrank_jax/pipeline/sweep.py).
+SFT_STAGES = ("data", "filter", "tfds", "model", "sft", "export_sft", "rerank_sft")
 # Rough share of a default demo's time per stage (2 CPU cores), for the overall ETA.
 STAGE_WEIGHTS = {"data": 2, "filter": 1, "tfds": 1, "model": 1, "sft": 45, "export_sft": 1, "grpo": 35,
                  "export_grpo": 1, "rerank_sft": 6, "rerank_grpo": 6, "report": 1}

@@ -26,7 +26,7 @@ def evaluate_runs(runs: dict[str, str], qrels_path: str) -> dict[str, dict[str, 
 
     qrels = read_qrels(qrels_path)
     loaded = {stage: read_run(path) for stage, path in runs.items()}
-    qids = set.intersection(*(set(run) for run in loaded.values()))
+    qids = sorted(set.intersection(*(set(run) for run in loaded.values())))  # sorted: the same sums every process
     qrels = {q: qrels[q] for q in qids if q in qrels}
     results = {}
     for stage, run in loaded.items():

@@ -206,6 +206,60 @@ class Sweep:
         if not os.path.exists(path) or open(path, encoding="utf-8").read() != text:
             atomic_write(path, text)
 
+    def reuse_sft(self, run: Run) -> str | None:
+        """Copy the finished data, model and SFT stages of a run that differs from ``run`` only after SFT (in
+        ``grpo``: the reward ablation's settings share their SFT model), so that they are not trained again.
+        Returns the run copied from, or None. A copy, not a link: every run directory stays whole."""
+        import shutil
+
+        from reasonrank_jax.config import to_yaml
+        from reasonrank_jax.outputs import atomic_write
+        from reasonrank_jax.pipeline.demo import SFT_STAGES
+
+        target = self.run_dir(run)
+        if os.path.exists(target):
+            return None
+        mine = self._demo_config(run)
+        if not mine.sft.enabled:
+            return None
+        for other in self.runs:
+            source = self.run_dir(other)
+            if other == run or not all(os.path.exists(os.path.join(source, "stages", f"{s}.json"))
+                                       for s in SFT_STAGES if s != "tfds" or mine.data.tfds):
+                continue
+            theirs = self._demo_config(other)
+            if dataclasses.replace(theirs, out=mine.out, grpo=mine.grpo) != mine:
+                continue
+            tmp = f"{target}.copying"
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(os.path.join(tmp, "stages"))
+            for part in ("data", "model_init", "sft", os.path.join("export", "sft"), os.path.join("rerank", "sft"),
+                         "configs"):
+                if os.path.exists(os.path.join(source, part)):
+                    shutil.copytree(os.path.join(source, part), os.path.join(tmp, part))
+            for stage in SFT_STAGES:
+                marker = os.path.join(source, "stages", f"{stage}.json")
+                if os.path.exists(marker):
+                    with open(marker, encoding="utf-8") as f:
+                        text = f.read().replace(json.dumps(source)[1:-1], json.dumps(target)[1:-1])
+                    atomic_write(os.path.join(tmp, "stages", f"{stage}.json"), text)
+            grpo_yaml = os.path.join(tmp, "configs", "grpo.yaml")
+            if os.path.exists(grpo_yaml):
+                os.remove(grpo_yaml)
+            atomic_write(os.path.join(tmp, "config.yaml"), to_yaml(mine, "demo"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(tmp, target)
+            return other.name
+        return None
+
+    def _demo_config(self, run: Run):
+        from reasonrank_jax.config import Values
+        from reasonrank_jax.pipeline.config import DemoConfig
+
+        values = Values(DemoConfig)
+        values.set_mapping(run_mapping(self.spec, self.config.sweep, run, self.run_dir(run)), self.config.sweep)
+        return values.build(self.config.sweep)
+
     def demo_command(self, run: Run) -> list[str]:
         return ["reasonrank-jax", "demo", "--config", self.config_path(run), "--out", self.run_dir(run)]
 
@@ -219,6 +273,10 @@ class Sweep:
             log_path = os.path.join(logs, f"{run.setting}.seed{run.seed}.log")
             print(f"[sweep {index}/{len(pending)}] {run.name} (log {log_path}; elapsed {_fmt(elapsed)}{eta})",
                   flush=True)
+            shared = self.reuse_sft(run)
+            if shared:
+                print(f"  its data and SFT stages are those of {shared} (the same settings up to GRPO): copied",
+                      flush=True)
             argv = [sys.executable, "-m", "reasonrank_jax", *self.demo_command(run)[1:]]
             with open(log_path, "a", encoding="utf-8") as log:
                 code = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT)
