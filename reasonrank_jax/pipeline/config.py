@@ -25,7 +25,7 @@ class TaskSection:
     reward is not."""
 
     num_queries: int = option(400, min=2, help="queries generated (train + held out)")
-    heldout_fraction: float = option(0.125, min=0.0, max=1.0, help="share of queries held out for evaluation")
+    heldout_fraction: float = option(0.1, min=0.0, max=1.0, help="share of queries held out for evaluation")
     passages_per_query: int = option(20, min=1, help="first-stage candidates per query (the rerank's top)")
     window: int = option(8, min=1, max=20, help="sliding window (training windows and the rerank)")
     step: int = option(4, min=1, help="window stride")
@@ -37,6 +37,8 @@ class TaskSection:
     p_more_words: float = option(0.0, min=0.0, max=1.0, help="chance of one more query word in a relevant passage")
     p_negated_extra: float = option(0.2, min=0.0, max=1.0)
     p_negated_other: float = option(0.0, min=0.0, max=1.0, help="chance of a 'no Y' of a non-query word")
+    p_other_topic: float = option(0.6, min=0.0, max=1.0,
+                                  help="chance a padding word is another topic word (else a filler word)")
     first_stage_noise: float = option(1.0, min=0.0, help="std of the first stage's noise")
     teacher_negation_blind: float = option(1.0, min=0.0, max=1.0,
                                            help="chance per window that the teacher counts 'no X' as a match")
