@@ -20,13 +20,15 @@ def _run(*args):
 def test_help_lists_every_command():
     result = _run("--help")
     assert result.returncode == 0
-    for command in ("smoke", "model-info", "eval", "rerank", "data", "train", "export"):
+    for command in ("demo", "sweep", "smoke", "model-info", "eval", "rerank", "data", "train", "export", "plan",
+                    "launch"):
         assert command in result.stdout
     train = _run("train", "--help")
     assert train.returncode == 0 and "sft" in train.stdout and "grpo" in train.stdout
 
 
-LEAF_OF_CONFIG = {"smoke": ("smoke",), "rerank": ("rerank",), "sft": ("train", "sft"), "grpo": ("train", "grpo")}
+LEAF_OF_CONFIG = {"smoke": ("smoke",), "rerank": ("rerank",), "sft": ("train", "sft"), "grpo": ("train", "grpo"),
+                  "demo": ("demo",), "pipeline": ("demo",)}
 REQUIRED = {("rerank",): {"model": "m", "run": "r", "corpus": "c", "queries": "q", "out": "o"},
             ("train", "sft"): {"model.path": "m", "data.path": "d", "train.out": "o"},
             ("train", "grpo"): {"model.path": "m", "data.path": "d", "train.out": "o"}}
@@ -55,6 +57,17 @@ def test_shipped_configs_load_with_their_values(path):
                 assert getattr(node, key_name(key)) == expected, key
 
     check(config, yaml.safe_load(path.read_text()))
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_sweeps_expand_to_valid_demo_configs(path, tmp_path):
+    from reasonrank_jax.pipeline.sweep import Sweep, SweepConfig
+
+    sweep = Sweep(SweepConfig(sweep=str(path), out=str(tmp_path / "out")))
+    assert len(sweep.runs) >= 2 and len({r.name for r in sweep.runs}) == len(sweep.runs)
+    for run in sweep.runs:
+        text = sweep.run_config_text(run)  # checked as `demo` checks its config: bad input raises
+        assert f"seed: {run.seed}" in text
 
 
 def test_config_values_and_command_line_override(tmp_path, capsys):
