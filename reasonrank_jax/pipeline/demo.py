@@ -33,7 +33,7 @@ STAGES = ("first_stage", "sft", "grpo")
 # The demo's training configs (what `sft.config` / `grpo.config` replace). Measured on 2 CPU cores: see README.
 DEMO_SFT = {
     "model": {"dtype": "float32", "param_dtype": "float32"},
-    "data": {"max_length": 512, "smallest_bucket": 256},
+    "data": {"max_length": 512, "smallest_bucket": 128},
     "train": {"steps": 600, "global_batch": 16, "micro_batch": 16, "save_every": 600, "keep": 1, "eval_every": 200},
     "optim": {"lr": 3.0e-3, "schedule": "cosine", "warmup_ratio": 0.05, "b2": 0.95, "clip_norm": 1.0},
     "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
@@ -42,7 +42,7 @@ DEMO_GRPO = {
     "model": {"dtype": "float32", "param_dtype": "float32"},
     "train": {"steps": 20, "micro_batch": 16, "save_every": 20, "keep": 1, "eval_every": 0},
     "optim": {"lr": 2.0e-4, "schedule": "constant"},
-    "grpo": {"prompts_per_step": 16, "rollouts": 8, "mini_batch": 8, "max_prompt": 1024, "max_response": 96,
+    "grpo": {"prompts_per_step": 16, "rollouts": 8, "mini_batch": 8, "max_prompt": 1024, "max_response": 64,
              "reward": "multiview"},
     "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
 }
