@@ -40,7 +40,7 @@ DEMO_SFT = {
 }
 DEMO_GRPO = {
     "model": {"dtype": "float32", "param_dtype": "float32"},
-    "train": {"steps": 20, "micro_batch": 16, "save_every": 20, "keep": 1, "eval_every": 0},
+    "train": {"steps": 25, "micro_batch": 16, "save_every": 25, "keep": 1, "eval_every": 0},
     "optim": {"lr": 2.0e-4, "schedule": "constant"},
     "grpo": {"prompts_per_step": 16, "rollouts": 8, "mini_batch": 8, "max_prompt": 1024, "max_response": 64,
              "reward": "multiview"},
