@@ -27,8 +27,6 @@ from reasonrank_jax.pipeline.config import DemoConfig
 
 CONFIG = DemoConfig
 COMMAND = "demo"
-METRICS = ("ndcg_cut.10", "recall.10")
-STAGES = ("first_stage", "sft", "grpo")
 
 # The demo's training configs (what `sft.config` / `grpo.config` replace). Measured on 2 CPU cores: see README.
 DEMO_SFT = {

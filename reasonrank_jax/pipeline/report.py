@@ -76,7 +76,7 @@ def plot_curves(path: str, sft_metrics: list[dict], grpo_metrics: list[dict], gr
     ax.set_title("GRPO: multi-view reward")
     ax.set_xlabel("step")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_stages(path: str, results: dict[str, dict[str, float]]) -> None:
@@ -98,10 +98,11 @@ def plot_stages(path: str, results: dict[str, dict[str, float]]) -> None:
     ax.set_title("held-out queries")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
-def _save(fig, path: str) -> None:
+def save_png(fig, path: str) -> None:
+    """Write a matplotlib figure as a PNG atomically (a temporary file beside it, then renamed) and close it."""
     import matplotlib.pyplot as plt
 
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -39,8 +39,6 @@ import time
 from reasonrank_jax.config import option
 from reasonrank_jax.errors import InputError
 
-STAGES = ("first_stage", "sft", "grpo")
-METRICS = ("ndcg_cut.10", "recall.10")
 TRAINERS = ("sft", "grpo")
 _SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
 

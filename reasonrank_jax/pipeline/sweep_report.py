@@ -11,10 +11,9 @@ import os
 import statistics
 
 from reasonrank_jax.outputs import atomic_write
-from reasonrank_jax.pipeline.report import read_jsonl
+from reasonrank_jax.pipeline.report import METRICS, read_jsonl, save_png
 
 STAGES = ("first_stage", "sft", "grpo")
-METRICS = ("ndcg_cut.10", "recall.10")
 LABELS = {"ndcg_cut.10": "nDCG@10", "recall.10": "Recall@10", "first_stage": "first stage", "sft": "SFT",
           "grpo": "SFT+GRPO"}
 
@@ -103,7 +102,7 @@ def plot_final(path: str, rows: list[dict], summary: list[dict], metric: str) ->
     ax.set_title(f"final {LABELS[metric]} per setting (held-out queries)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_curves(path: str, sweep, rows: list[dict]) -> None:
@@ -134,17 +133,7 @@ def plot_curves(path: str, sweep, rows: list[dict]) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig, path: str) -> None:
-    import matplotlib.pyplot as plt
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path)
 
 
 def write_sweep_report(sweep) -> dict:
