@@ -94,7 +94,7 @@ class Pipeline:
     def run(self) -> int:
         names = self.stages()
         total = sum(STAGE_WEIGHTS[n] for n in names)
-        finished = 0.0
+        finished = ran = 0.0  # stage weights done in all, and done by this process (its pace gives the ETA)
         for index, name in enumerate(names, start=1):
             record = self.done(name)
             if record is not None:
@@ -102,7 +102,6 @@ class Pipeline:
                 finished += STAGE_WEIGHTS[name]
                 continue
             elapsed = time.perf_counter() - self.started
-            ran = finished - sum(STAGE_WEIGHTS[n] for n in names[:index - 1] if n not in self.stage_times)
             eta = f", demo ETA {_fmt(elapsed / ran * (total - finished))}" if ran > 0 and elapsed > 1 else ""
             print(f"[demo {index}/{len(names)}] {name} (elapsed {_fmt(elapsed)}{eta})", flush=True)
             mark = time.perf_counter()
@@ -114,6 +113,7 @@ class Pipeline:
             os.makedirs(self.path("stages"), exist_ok=True)
             atomic_write(self.marker(name), json.dumps({"seconds": round(seconds, 2), **(result or {})}, indent=1))
             finished += STAGE_WEIGHTS[name]
+            ran += STAGE_WEIGHTS[name]
         return 0
 
     def cli(self, argv: list[str]) -> None:

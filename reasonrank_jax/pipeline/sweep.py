@@ -122,7 +122,7 @@ def read_sweep(path: str) -> tuple[dict, list[Run]]:
 
 def _set_key(mapping: dict, dotted: str, value, path: str) -> None:
     """Set a demo config key in a nested mapping; stage-prefixed training keys go to that stage's ``set``."""
-    from reasonrank_jax.config import Values
+    from reasonrank_jax.config import Source, Values
     from reasonrank_jax.pipeline.config import DemoConfig
 
     parts = dotted.split(".")
@@ -131,8 +131,6 @@ def _set_key(mapping: dict, dotted: str, value, path: str) -> None:
         stage["set"] = [*stage.get("set", []), f"{'.'.join(parts[1:])}={_plain(value)}"]
         return
     values = Values(DemoConfig)
-    from reasonrank_jax.config import Source
-
     values.lookup(dotted.replace("-", "_"), Source(path, dotted))  # unknown keys are bad input, named
     node = mapping
     for part in parts[:-1]:
@@ -201,8 +199,11 @@ class Sweep:
 
         path = self.config_path(run)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        if not os.path.exists(path) or open(path, encoding="utf-8").read() != text:
-            atomic_write(path, text)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                if f.read() == text:
+                    return
+        atomic_write(path, text)
 
     def reuse_sft(self, run: Run) -> str | None:
         """Copy the finished data, model and SFT stages of a run that differs from ``run`` only after SFT (in
