@@ -29,9 +29,12 @@ CONFIG = DemoConfig
 COMMAND = "demo"
 
 # The demo's training configs (what `sft.config` / `grpo.config` replace). Measured on 2 CPU cores: see README.
+# max_length 320: the default task's examples are 260-266 tokens, and a 320 bucket makes an SFT step 1.6x faster
+# than the 384 one (0.63 s against 0.99 s); the TFDS build drops and counts longer examples, so a task with longer
+# passages needs `sft.set: [data.max_length=...]`.
 DEMO_SFT = {
     "model": {"dtype": "float32", "param_dtype": "float32"},
-    "data": {"max_length": 512, "smallest_bucket": 128},
+    "data": {"max_length": 320, "smallest_bucket": 128},
     "train": {"steps": 600, "global_batch": 16, "micro_batch": 16, "save_every": 600, "keep": 1, "eval_every": 200},
     "optim": {"lr": 3.0e-3, "schedule": "cosine", "warmup_ratio": 0.05, "b2": 0.95, "clip_norm": 1.0},
     "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
