@@ -156,7 +156,12 @@ def test_sweep_runs_a_grid_resumes_after_a_kill_and_ends_with_a_table(tmp_path):
     while not first.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.5)
     assert first.exists(), process.communicate()[0].decode()[-3000:]
-    time.sleep(3)  # into the second run: it starts from a copy of the first run's SFT stages
+    # into the second run (it starts from a copy of the first run's SFT stages): its log opens when its demo starts;
+    # a fixed sleep was too short on a loaded machine
+    second_log = out / "logs" / "grpo.grpo.reward=ndcg.seed0.log"
+    while not second_log.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
     os.killpg(process.pid, signal.SIGKILL)  # the sweep and its running demo, mid-way through the second run
     printed = process.communicate()[0].decode()
     assert "its data and SFT stages are those of grpo.grpo.reward=multiview/seed0" in printed, printed[-3000:]
