@@ -86,6 +86,31 @@ def test_teacher_between_first_stage_and_oracle(seed):
     assert fixed["teacher"] > 0.99 and fixed["teacher_window"] == 1.0
 
 
+@pytest.mark.parametrize("ties", ["window", "random"])
+def test_teacher_tie_order(ties):
+    """A blind, swap-free teacher ranks by lexical matches; matched passages that tie come in window order, or
+    (``random``) in both orders across windows; unmatched passages always keep window order."""
+    task = syn.SyntheticTask(seed=1, num_queries=60, teacher_negation_blind=1.0, teacher_swap_prob=0.0,
+                             teacher_ties=ties)
+    reversed_ties = checked_ties = 0
+    for q in syn.generate(task).queries:
+        for w in q.teacher_windows:
+            counts = [q.passages[d].lexical for d in w.final_list]
+            assert counts == sorted(counts, reverse=True)
+            position = {d: i for i, d in enumerate(w.initial_list)}
+            unmatched = [position[d] for d in w.final_list if q.passages[d].lexical == 0]
+            assert unmatched == sorted(unmatched)
+            for a, b in zip(w.final_list, w.final_list[1:]):
+                if q.passages[a].lexical == q.passages[b].lexical > 0:
+                    checked_ties += 1
+                    reversed_ties += position[a] > position[b]
+    assert checked_ties > 50
+    if ties == "window":
+        assert reversed_ties == 0
+    else:  # a fair coin per tied pair: far from 0 and from all
+        assert 0.3 < reversed_ties / checked_ties < 0.7
+
+
 def test_labels_replay_the_teacher_pass():
     """The records' windows are exactly what a reranker that answers like the teacher sees: replaying the outputs
     through the sliding window (parsed as at inference) gives the teacher's run."""
@@ -335,6 +360,8 @@ def test_task_validation():
         syn.SyntheticTask(num_relevant=(10, 12), num_decoys=(5, 10))
     with pytest.raises(ValueError):
         syn.SyntheticTask(teacher_swap_prob=1.5)
+    with pytest.raises(ValueError, match="teacher_ties"):
+        syn.SyntheticTask(teacher_ties="alphabetical")
     with pytest.raises(ValueError):
         syn.SyntheticTask(think_style="free")
     assert syn.SyntheticTask(query_words=[2, 3]) == syn.SyntheticTask()  # lists (JSON, YAML) become tuples

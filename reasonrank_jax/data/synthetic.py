@@ -89,6 +89,7 @@ NEGATION = "no"
 NO_MENTION = "none"
 THINK_STYLES = ("by_passage", "by_word", "copy_match", "copy_topic_match")
 THINK_OPENER = "Matches."
+TEACHER_TIES = ("window", "random")
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # the tokenizer's ids 0, 1, 2
 MAX_WINDOW = 20  # SPEC: a window holds at most 20 passages
@@ -121,6 +122,7 @@ class SyntheticTask:
     first_stage_noise: float = 1.0      # std of the Gaussian noise added to the lexical match count
     teacher_negation_blind: float = 1.0  # chance per window that the teacher counts `no X` as a match
     teacher_swap_prob: float = 0.1      # chance per window that the teacher swaps an adjacent pair of its ranking
+    teacher_ties: str = "window"        # order of passages with equal match counts > 0: "window" or "random"
     think_style: str = "by_passage"     # the reasoning template, one of THINK_STYLES (see think_text)
     p_other_topic: float = 0.6          # chance a padding word is a non-query topic word (else a filler word)
 
@@ -154,6 +156,7 @@ class SyntheticTask:
             check(0.0 <= getattr(self, name) <= 1.0, f"{name} must be in [0, 1]")
         check(self.first_stage_noise >= 0.0, "first_stage_noise must be >= 0")
         check(self.think_style in THINK_STYLES, f"think_style must be one of {', '.join(THINK_STYLES)}")
+        check(self.teacher_ties in TEACHER_TIES, f"teacher_ties must be one of {', '.join(TEACHER_TIES)}")
 
     @property
     def topic_words(self) -> tuple[str, ...]:
@@ -312,7 +315,10 @@ def _teacher_window(task: SyntheticTask, rng: np.random.Generator, query: tuple[
     """(0-based ranking of the window, think text)."""
     blind = rng.random() < task.teacher_negation_blind
     counts = [passages[d].lexical if blind else passages[d].grade for d in docids]
-    order = sorted(range(len(docids)), key=lambda i: (-counts[i], i))
+    # "random": matched passages that tie are ranked in a random order (unmatched ones stay in window order), so
+    # a decoy tied with a relevant passage comes first half the time; "window" draws nothing (the data stay the same)
+    tiebreak = rng.permutation(len(docids)) if task.teacher_ties == "random" else range(len(docids))
+    order = sorted(range(len(docids)), key=lambda i: (-counts[i], tiebreak[i] if counts[i] > 0 else i))
     matched = sum(1 for c in counts if c > 0)
     if rng.random() < task.teacher_swap_prob and len(docids) > 1:
         i = int(rng.integers(max(1, min(matched, len(docids) - 1))))

@@ -21,8 +21,9 @@ class TaskSection:
     """The synthetic task (reasonrank_jax.data.synthetic.SyntheticTask, its seed = the pipeline's ``seed``).
 
     The defaults are the demo's: one query word, one-unit passages (``apple``, ``no apple`` or another word), so that
-    a tiny model learns the lookup in minutes; the teacher is negation-blind (``no apple`` counts as a match), the
-    reward is not."""
+    a tiny model learns the lookup in minutes; the teacher is negation-blind (``no apple`` counts as a match) and
+    ranks tied matches in a random order, so the SFT model puts a decoy before a relevant passage about half the
+    time; the reward is not blind, and GRPO learns to put the relevant passage first."""
 
     num_queries: int = option(400, min=2, help="queries generated (train + held out)")
     heldout_fraction: float = option(0.1, min=0.0, max=1.0, help="share of queries held out for evaluation")
@@ -43,6 +44,8 @@ class TaskSection:
     teacher_negation_blind: float = option(1.0, min=0.0, max=1.0,
                                            help="chance per window that the teacher counts 'no X' as a match")
     teacher_swap_prob: float = option(0.1, min=0.0, max=1.0)
+    teacher_ties: str = option("random", choices=("window", "random"),
+                               help="order of matched passages with equal counts: window order, or random")
     think_style: str = option("by_passage", choices=("by_passage", "by_word", "copy_match", "copy_topic_match"))
 
     def check(self) -> None:
