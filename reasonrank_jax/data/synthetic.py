@@ -19,8 +19,10 @@ The task, everything a pure function of the :class:`SyntheticTask` parameters (s
 * The **teacher** (the SFT targets, like R1's rankings) reads each window of the sliding-window pass over the first
   stage, writes a templated transcript of the query words each passage mentions (``[1] apple. [2] none.
   [3] no river, apple.``, :func:`think_text`) and ranks by the number of mentions, ties in window order. It is
-  negation-blind (with probability ``teacher_negation_blind`` per window): a ``no river`` counts as a match. With
-  probability ``teacher_swap_prob`` it also swaps an adjacent pair of its ranking. So the teacher beats the first
+  negation-blind (with probability ``teacher_negation_blind`` per window): a ``no river`` counts as a match. Matched
+  passages with equal counts come in window order (``teacher_ties="window"``) or in a random order (``"random"``,
+  the demo's: a decoy tied with a relevant passage then comes first half the time). With probability
+  ``teacher_swap_prob`` it also swaps an adjacent pair of its ranking. So the teacher beats the first
   stage (it removes the noise) but stays well below the oracle (decoys ranked with the relevant passages), and its
   error is systematic: SFT imitates it, while a reward on the true relevance (GRPO, ``relevant_docids`` = true
   positives) can learn to demote what the transcript itself marks with ``no``.
@@ -59,7 +61,8 @@ one-word passages, windows of 4 over the top 12; reasonrank_jax/pipeline/config.
 nDCG@10 0.83 against the teacher's 0.84 and the first stage's 0.69. The learning tests above still use N(0, 0.02).
 A teacher blind in only some windows (``teacher_negation_blind`` 0.75 or 0.5, to give GRPO a behaviour to make
 consistent) made the SFT model's answers stop following its think at that budget (benchmarks/README.md, "The
-demo's GRPO margin"), so the demo keeps a consistent teacher.
+demo's GRPO margin"). What gives GRPO its margin in the demo is ``teacher_ties="random"``: the SFT model then
+samples both orders of a tied decoy and relevant passage, and the reward (true relevance) tells GRPO which is right.
 """
 
 from __future__ import annotations

@@ -97,6 +97,10 @@ def plot_final(path: str, rows: list[dict], summary: list[dict], metric: str) ->
         if first:
             ax.hlines(first[0], x - 0.3, x + 0.3, colors="gray", linestyles="dashed",
                       label="first stage" if x == 0 else None)
+        sft = s.get(f"sft.{metric}")
+        if sft:  # the SFT model's mean, so GRPO's margin reads off the plot
+            ax.hlines(sft[0], x - 0.3, x + 0.3, colors="tab:green", linestyles="dotted",
+                      label="SFT (mean)" if x == 0 else None)
     ax.set_xticks(range(len(summary)), [s["setting"] for s in summary], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(f"final {LABELS[metric]}")
     ax.set_title(f"final {LABELS[metric]} per setting (held-out queries)")
