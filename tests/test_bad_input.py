@@ -180,6 +180,8 @@ CASES = [
          False),
     Case("demo-step-over-window", ("demo", "--out", "{new_out}", "task.step=9"), ("task.step",), False),
     Case("demo-unknown-key", ("demo", "--out", "{new_out}", "trask.window=4"), ("trask",), False),
+    Case("demo-bad-teacher-ties", ("demo", "--out", "{new_out}", "task.teacher_ties=alphabetical"),
+         ("task.teacher_ties",), False),
     Case("demo-files-without-run", ("demo", "--out", "{new_out}", "data.source=files", "model.path={model}",
                                     "data.raw={raw}"), ("data.run",), False),
     Case("demo-sft-config-not-training", ("demo", "--out", "{new_out}", "sft.config={sft_file}"),

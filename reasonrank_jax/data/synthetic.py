@@ -18,7 +18,7 @@ The task, everything a pure function of the :class:`SyntheticTask` parameters (s
   (``first_stage_noise``): informative, fooled by negation, relevant passages spread over the top-k.
 * The **teacher** (the SFT targets, like R1's rankings) reads each window of the sliding-window pass over the first
   stage, writes a templated transcript of the query words each passage mentions (``[1] apple. [2] none.
-  [3] no river, apple.``, :func:`think_text`) and ranks by the number of mentions, ties in window order. It is
+  [3] no river, apple.``, :func:`think_text`) and ranks by the number of mentions. It is
   negation-blind (with probability ``teacher_negation_blind`` per window): a ``no river`` counts as a match. Matched
   passages with equal counts come in window order (``teacher_ties="window"``) or in a random order (``"random"``,
   the demo's: a decoy tied with a relevant passage then comes first half the time). With probability

@@ -22,8 +22,8 @@ class TaskSection:
 
     The defaults are the demo's: one query word, one-unit passages (``apple``, ``no apple`` or another word), so that
     a tiny model learns the lookup in minutes; the teacher is negation-blind (``no apple`` counts as a match) and
-    ranks tied matches in a random order, so the SFT model puts a decoy before a relevant passage about half the
-    time; the reward is not blind, and GRPO learns to put the relevant passage first."""
+    ranks tied matches in a random order, so the SFT model orders a tied decoy and relevant passage by chance; the
+    reward is not blind, so GRPO can learn which one comes first."""
 
     num_queries: int = option(400, min=2, help="queries generated (train + held out)")
     heldout_fraction: float = option(0.1, min=0.0, max=1.0, help="share of queries held out for evaluation")
